@@ -1,0 +1,404 @@
+"""Datasets by spec string: ``digits``, ``cifar100``, ``npz:PATH``, ``imagefolder:PATH``.
+
+A spec string is what a user types after ``--dataset``; it names one loader and, for the file-based
+forms, the directory to read. Every loader returns the same ``Dataset`` record, so the trainer never
+branches on where the images came from. Nothing here imports torch: torchvision is imported lazily by
+the cifar100 loader only, scikit-learn by the digits loader only.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+import zipfile
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from memo_edge.data.sources import ArraySource, FolderSource, ImageSource
+from memo_edge.errors import InputError
+from memo_edge.utils.io import sha256_file
+
+__all__ = ["Dataset", "DatasetKind", "DATASETS", "VALID_SPECS", "parse_dataset_spec", "load_dataset", "pixel_stats"]
+
+log = logging.getLogger(__name__)
+
+CIFAR100_MEAN = (0.5071, 0.4867, 0.4408)
+CIFAR100_STD = (0.2675, 0.2565, 0.2761)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp"})
+Stats = tuple[float, float, float]
+
+
+@dataclass(frozen=True)
+class Dataset:
+    name: str
+    train: ImageSource
+    test: ImageSource
+    class_names: tuple[str, ...]  # indexed by the dataset's original label id
+    mean: Stats  # of pixels in [0, 1], for normalisation
+    std: Stats
+    augment: str  # "cifar" (crop + flip + brightness) or "imagenet" (random resized crop + flip)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return self.train.image_shape
+
+
+Loader = Callable[[Path | None, Path | None, bool, int | None], Dataset]
+
+
+@dataclass(frozen=True)
+class DatasetKind:
+    """One registered spec form: its name, whether it takes ``:PATH``, and its loader."""
+
+    name: str
+    takes_path: bool
+    summary: str
+    load: Loader
+
+    @property
+    def form(self) -> str:
+        return f"{self.name}:PATH" if self.takes_path else self.name
+
+
+def pixel_stats(images: np.ndarray, chunk: int = 4096) -> tuple[Stats, Stats]:
+    """Per-channel mean and std of uint8 images scaled to [0, 1], in chunks to bound memory."""
+    total = np.zeros(images.shape[-1], np.float64)
+    squares = np.zeros(images.shape[-1], np.float64)
+    for start in range(0, len(images), chunk):
+        block = images[start : start + chunk].reshape(-1, images.shape[-1]).astype(np.float64) / 255.0
+        total += block.sum(axis=0)
+        squares += np.square(block).sum(axis=0)
+    count = max(1, len(images) * images.shape[1] * images.shape[2])
+    mean = total / count
+    std = np.sqrt(np.maximum(squares / count - np.square(mean), 0.0))
+    return _stats3(mean), _stats3(std)
+
+
+def _stats3(values: Any) -> Stats:
+    a, b, c = (float(v) for v in values)
+    return (a, b, c)
+
+
+def _fixed_size(name: str, native: tuple[int, int], image_size: int | None) -> None:
+    """In-memory datasets have one size; refuse a different one rather than silently ignore it."""
+    if image_size is not None and (image_size, image_size) != tuple(native):
+        h, w = native
+        raise InputError(f"{name}: images are {h}x{w}; --image-size {image_size} applies to imagefolder only")
+
+
+# --- digits ---------------------------------------------------------------------------------------
+
+
+def _load_digits(path: Path | None, data_dir: Path | None, download: bool, image_size: int | None) -> Dataset:
+    """scikit-learn's bundled 8x8 digits as 32x32 RGB: a real dataset for tests and demos, no files needed."""
+    from sklearn.datasets import load_digits  # lazy: the only scikit-learn use in the data module
+
+    _fixed_size("digits", (32, 32), image_size)
+    bunch = load_digits()
+    small = np.round(np.asarray(bunch.images, np.float64) * (255.0 / 16.0)).clip(0, 255).astype(np.uint8)
+    big = np.stack([np.asarray(Image.fromarray(im, "L").resize((32, 32), Image.Resampling.BILINEAR)) for im in small])
+    images = np.repeat(big[..., None], 3, axis=3)
+    labels = np.asarray(bunch.target, np.int64)
+    train_idx, test_idx = _stratified_split(labels, test_fraction=0.2, seed=0)
+    train = ArraySource(images[train_idx], labels[train_idx])
+    mean, std = pixel_stats(train.images)
+    test = ArraySource(images[test_idx], labels[test_idx])
+    names = tuple(str(c) for c in range(10))
+    return Dataset("digits", train, test, names, mean, std, "cifar")
+
+
+def _stratified_split(labels: np.ndarray, *, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per class (in class order) one seeded permutation; the first round(fraction * n) go to test."""
+    rng = np.random.RandomState(seed)
+    train, test = [], []
+    for c in np.unique(labels):
+        members = rng.permutation(np.flatnonzero(labels == c))
+        n_test = int(round(test_fraction * len(members)))
+        test.append(members[:n_test])
+        train.append(members[n_test:])
+    return np.sort(np.concatenate(train)), np.sort(np.concatenate(test))
+
+
+# --- cifar100 (torchvision) -----------------------------------------------------------------------
+
+
+def _load_cifar100(path: Path | None, data_dir: Path | None, download: bool, image_size: int | None) -> Dataset:
+    _fixed_size("cifar100", (32, 32), image_size)
+    if data_dir is None:
+        raise InputError("cifar100: no --data-dir given; point it at a directory (pass --download to fetch the data)")
+    data_dir = Path(data_dir).expanduser()
+    if not download and not (data_dir / "cifar-100-python").is_dir():
+        raise InputError(f"cifar100: no CIFAR-100 in {data_dir} (cifar-100-python/ missing); pass --download")
+    from torchvision.datasets import CIFAR100  # lazy: keeps torch out of the data module's imports
+
+    # torchvision checks the md5 of every official file before unpickling it; only files that match the
+    # published CIFAR-100 release get unpickled, which is why this is acceptable under the no-pickle rule.
+    try:
+        splits = [CIFAR100(root=str(data_dir), train=train, download=download) for train in (True, False)]
+    except RuntimeError as exc:  # torchvision's "Dataset not found or corrupted"
+        problem = "is missing or fails its md5 check"
+        raise InputError(f"cifar100: CIFAR-100 in {data_dir} {problem}; pass --download") from exc
+    except OSError as exc:  # download or disk failure
+        raise InputError(f"cifar100: cannot fetch or read CIFAR-100 in {data_dir}: {exc}") from exc
+    train, test = (ArraySource(np.ascontiguousarray(s.data), np.asarray(s.targets, np.int64)) for s in splits)
+    names = tuple(str(n) for n in splits[0].classes)
+    return Dataset("cifar100", train, test, names, CIFAR100_MEAN, CIFAR100_STD, "cifar")
+
+
+# --- npz:PATH ------------------------------------------------------------------------------------
+
+
+def _load_npz(path: Path | None, data_dir: Path | None, download: bool, image_size: int | None) -> Dataset:
+    """train-*.npz + test-*.npz (+ meta.json): the portable, pickle-free format for array datasets."""
+    root = _existing_dir(path, "npz")
+    where = f"npz:{root}"
+    meta = _read_meta(root, where)
+    listed = _listed_files(meta, where)
+    names = _class_names(meta, where)
+    train_files, test_files = (_split_files(root, split, listed, where) for split in ("train", "test"))
+    train_x, train_y = _read_parts(train_files, listed, None if names is None else len(names), where)
+    if not len(train_y):
+        raise InputError(f"{where}: the train-*.npz files hold no images")
+    num_classes = len(names) if names is not None else int(train_y.max()) + 1
+    test_x, test_y = _read_parts(test_files, listed, num_classes, where)
+    if train_x.shape[1:] != test_x.shape[1:]:
+        raise InputError(f"{where}: train images are {train_x.shape[1:]} but test images are {test_x.shape[1:]}")
+    _fixed_size(where, train_x.shape[1:3], image_size)
+    missing = np.setdiff1d(np.arange(num_classes), train_y)
+    if missing.size:
+        raise InputError(f"{where}: classes {missing[:10].tolist()} have no training images")
+    mean, std = _meta_stats(meta, where) or pixel_stats(train_x)
+    names = names or tuple(str(c) for c in range(num_classes))
+    train, test = ArraySource(train_x, train_y), ArraySource(test_x, test_y)
+    return Dataset(f"npz:{root.resolve()}", train, test, names, mean, std, "cifar")
+
+
+def _existing_dir(path: Path | None, kind: str) -> Path:
+    if path is None or not Path(path).expanduser().is_dir():
+        raise InputError(f"{kind}:{path}: no such directory")
+    return Path(path).expanduser()
+
+
+def _read_meta(root: Path, where: str) -> dict[str, Any]:
+    file = root / "meta.json"
+    if not file.exists():
+        return {}
+    try:
+        meta = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InputError(f"{where}: meta.json is not readable JSON ({exc})") from exc
+    if not isinstance(meta, dict):
+        raise InputError(f"{where}: meta.json must hold a JSON object")
+    return meta
+
+
+def _listed_files(meta: dict[str, Any], where: str) -> dict[str, dict[str, Any]]:
+    """meta.json "files": [{"file": name, "sha256": hex, "bytes": n}, ...] keyed by file name."""
+    entries = meta.get("files", [])
+    valid = isinstance(entries, list) and all(isinstance(e, dict) and isinstance(e.get("file"), str) for e in entries)
+    if not valid:
+        raise InputError(f'{where}: meta.json "files" must be a list of {{"file": name, "sha256": hex}}')
+    return {e["file"]: e for e in entries}
+
+
+def _split_files(root: Path, split: str, listed: dict[str, dict[str, Any]], where: str) -> list[Path]:
+    files = sorted(root.glob(f"{split}-*.npz"))
+    present = {f.name for f in files}
+    for name in sorted(listed):
+        if name.startswith(f"{split}-") and name.endswith(".npz") and name not in present:
+            raise InputError(f"{where}: {name} is listed in meta.json but missing")
+    if not files:
+        raise InputError(f"{where}: no {split}-*.npz files")
+    return files
+
+
+def _verify(file: Path, entry: dict[str, Any] | None, where: str) -> None:
+    """Size first (a cheap, clear message for a truncated copy), then the sha256 from meta.json."""
+    if entry is None:
+        return
+    expected_bytes, found_bytes = entry.get("bytes"), file.stat().st_size
+    if isinstance(expected_bytes, int) and found_bytes != expected_bytes:
+        raise InputError(f"{where}: {file.name} size mismatch: expected {expected_bytes} bytes, found {found_bytes}")
+    expected = entry.get("sha256")
+    if isinstance(expected, str):
+        found = sha256_file(file)
+        if found != expected.lower():
+            raise InputError(f"{where}: {file.name} sha256 mismatch: expected {expected}, found {found}")
+        log.debug("%s: %s sha256 ok", where, file.name)
+
+
+def _read_parts(
+    files: list[Path], listed: dict[str, dict[str, Any]], num_classes: int | None, where: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """Verify, read and check each file on its own, so every error names the file to fix."""
+    xs, ys = [], []
+    for file in files:
+        _verify(file, listed.get(file.name), where)
+        x, y = _read_npz(file, where)
+        if xs and x.shape[1:] != xs[0].shape[1:]:
+            raise InputError(f"{where}: {file.name} has images of shape {x.shape[1:]}, others {xs[0].shape[1:]}")
+        bad = (y < 0) | (y >= num_classes) if num_classes is not None else y < 0
+        if bad.any():
+            limit = f"0..{num_classes - 1}" if num_classes is not None else ">= 0"
+            raise InputError(f"{where}: {file.name}: label {y[bad][0]} out of range {limit}")
+        xs.append(x)
+        ys.append(y)
+    return np.concatenate(xs), np.concatenate(ys)
+
+
+def _read_npz(file: Path, where: str) -> tuple[np.ndarray, np.ndarray]:
+    try:
+        with np.load(file, allow_pickle=False) as data:
+            if not isinstance(data, np.lib.npyio.NpzFile):
+                raise InputError(f"{where}: {file.name} is a single array, expected an npz with x and y")
+            missing = {"x", "y"} - set(data.files)
+            if missing:
+                raise InputError(f"{where}: {file.name} lacks key(s) {sorted(missing)}; expected x and y")
+            x, y = data["x"], data["y"]
+    except InputError:
+        raise
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error) as exc:
+        raise InputError(f"{where}: {file.name} is corrupted or not an npz file ({exc})") from exc
+    if x.dtype != np.uint8 or x.ndim != 4 or x.shape[-1] != 3:
+        raise InputError(f"{where}: {file.name}: x must be uint8 [N,H,W,3], got {x.dtype} {x.shape}")
+    if y.dtype.kind not in "iu" or y.shape != (len(x),):
+        raise InputError(f"{where}: {file.name}: y must be {len(x)} integer labels, got {y.dtype} {y.shape}")
+    return x, y.astype(np.int64)
+
+
+def _class_names(meta: dict[str, Any], where: str) -> tuple[str, ...] | None:
+    for key in ("class_names", "fine_label_names"):
+        if key in meta:
+            names = meta[key]
+            if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+                raise InputError(f"{where}: meta.json '{key}' must be a non-empty list of strings")
+            return tuple(names)
+    return None
+
+
+def _meta_stats(meta: dict[str, Any], where: str) -> tuple[Stats, Stats] | None:
+    stats = meta.get("pixel_stats_train")
+    if stats is None:
+        return None
+    try:
+        return _stats3(stats["mean"]), _stats3(stats["std"])
+    except (TypeError, ValueError, KeyError) as exc:
+        raise InputError(f'{where}: meta.json "pixel_stats_train" needs "mean" and "std" of 3 numbers') from exc
+
+
+# --- imagefolder:PATH ----------------------------------------------------------------------------
+
+
+def _load_imagefolder(path: Path | None, data_dir: Path | None, download: bool, image_size: int | None) -> Dataset:
+    """PATH/train/<class>/* and PATH/val/<class>/*, decoded lazily (ImageNet layout)."""
+    root = _existing_dir(path, "imagefolder")
+    where = f"imagefolder:{root}"
+    size = 224 if image_size is None else int(image_size)
+    if size < 8:
+        raise InputError(f"{where}: --image-size must be at least 8, got {size}")
+    classes = _class_dirs(root / "train", where)
+    val_classes = _class_dirs(root / "val", where)
+    if set(classes) != set(val_classes):
+        only_train = sorted(set(classes) - set(val_classes))[:5]
+        only_val = sorted(set(val_classes) - set(classes))[:5]
+        raise InputError(
+            f"{where}: train/ and val/ class folders differ (only in train: {only_train}, only in val: {only_val})"
+        )
+    resize_to = round(size * 256 / 224)
+    train = _folder_source(root / "train", classes, size, resize_to, where, require_each=True)
+    test = _folder_source(root / "val", classes, size, resize_to, where, require_each=False)
+    name = f"imagefolder:{root.resolve()}"
+    return Dataset(name, train, test, tuple(classes), IMAGENET_MEAN, IMAGENET_STD, "imagenet")
+
+
+def _class_dirs(split_dir: Path, where: str) -> list[str]:
+    if not split_dir.is_dir():
+        raise InputError(f"{where}: missing {split_dir.name}/ directory")
+    classes = sorted(d.name for d in split_dir.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if len(classes) < 2:
+        raise InputError(f"{where}: {split_dir.name}/ needs at least 2 class folders, found {len(classes)}")
+    return classes
+
+
+def _folder_source(
+    split_dir: Path, classes: list[str], size: int, resize_to: int, where: str, *, require_each: bool
+) -> FolderSource:
+    paths: list[Path] = []
+    labels: list[int] = []
+    for label, cls in enumerate(classes):
+        files = _image_files(split_dir / cls)
+        if not files and require_each:
+            kinds = ", ".join(sorted(IMAGE_EXTENSIONS))
+            raise InputError(f"{where}: {split_dir.name}/{cls}/ has no images ({kinds})")
+        if not files:
+            log.warning("%s: %s/%s/ has no images", where, split_dir.name, cls)
+        paths.extend(files)
+        labels.extend([label] * len(files))
+    return FolderSource(paths, np.asarray(labels, np.int64), size, resize_to)
+
+
+def _image_files(folder: Path) -> list[Path]:
+    """Image files under ``folder``, sorted; os.walk avoids a stat per file on ImageNet-sized trees."""
+    found = []
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        found += [
+            Path(dirpath, f) for f in filenames if not f.startswith(".") and Path(f).suffix.lower() in IMAGE_EXTENSIONS
+        ]
+    return sorted(found)
+
+
+# --- the registry ---------------------------------------------------------------------------------
+
+DATASETS: dict[str, DatasetKind] = {
+    kind.name: kind
+    for kind in (
+        DatasetKind("digits", False, "scikit-learn's 8x8 digits as 32x32 RGB (bundled, no files)", _load_digits),
+        DatasetKind("cifar100", False, "CIFAR-100 via torchvision under --data-dir", _load_cifar100),
+        DatasetKind("npz", True, "PATH/train-*.npz + test-*.npz (x uint8 NHWC, y), optional meta.json", _load_npz),
+        DatasetKind("imagefolder", True, "PATH/train/<class>/*, PATH/val/<class>/*", _load_imagefolder),
+    )
+}
+VALID_SPECS = ", ".join(kind.form for kind in DATASETS.values())
+
+
+def parse_dataset_spec(spec: str) -> tuple[DatasetKind, Path | None]:
+    """``"npz:/data/x"`` -> (the npz kind, Path("/data/x")); anything unknown names the valid forms."""
+    name, sep, rest = spec.strip().partition(":")
+    kind = DATASETS.get(name.lower())
+    if kind is None:
+        raise InputError(f"unknown dataset {spec!r}; valid forms: {VALID_SPECS}")
+    if kind.takes_path and not rest:
+        raise InputError(f"dataset {spec!r} needs a directory: {kind.form}")
+    if not kind.takes_path and sep:
+        raise InputError(f"dataset {spec!r}: {kind.name} takes no path (use --data-dir for cifar100)")
+    return kind, (Path(rest).expanduser() if kind.takes_path else None)
+
+
+def load_dataset(
+    spec: str, *, data_dir: Path | None = None, download: bool = False, image_size: int | None = None
+) -> Dataset:
+    """Load the dataset named by ``spec``; every user mistake surfaces as one-line ``InputError``."""
+    kind, path = parse_dataset_spec(spec)
+    started = time.perf_counter()
+    dataset = kind.load(path, data_dir, download, image_size)
+    log.info(
+        "dataset %s: %d train / %d test images %s, %d classes (%.1fs)",
+        dataset.name, len(dataset.train), len(dataset.test), dataset.image_shape, dataset.num_classes,
+        time.perf_counter() - started,
+    )
+    return dataset
