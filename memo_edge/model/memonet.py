@@ -1,0 +1,145 @@
+"""MemoNet: one shared trunk, one branch per task, a classifier over the concatenated branch features.
+
+Rules (Zhou et al., ICLR 2023; reference implementation ``AdaptiveNet``):
+- ``expand``: a new branch starts as a copy of the previous one; the classifier grows to
+  Linear(d*T, seen) with the old weights copied into its top-left block and the rest freshly
+  initialised; a fresh auxiliary classifier Linear(d, new + 1) sees the newest branch only.
+- ``freeze_old_branches``: old branches get no gradient and keep BN in eval; the trunk is frozen
+  (BN eval) too when the run does not train it after task 0.
+- ``weight_align``: scale new-class classifier rows so their mean norm equals the old rows'.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+from memo_edge.model.backbones import Backbone, create_backbone
+
+__all__ = ["MemoNet", "MemoOutput", "new_linear"]
+
+
+def new_linear(in_features: int, out_features: int) -> nn.Linear:
+    """Classifier init of the reference (SimpleLinear): kaiming-uniform weights, zero bias."""
+    layer = nn.Linear(in_features, out_features)
+    nn.init.kaiming_uniform_(layer.weight, nonlinearity="linear")
+    nn.init.zeros_(layer.bias)
+    return layer
+
+
+class MemoOutput(NamedTuple):
+    logits: Tensor
+    aux_logits: Tensor | None
+    features: Tensor
+
+
+class MemoNet(nn.Module):
+    def __init__(self, backbone: str = "resnet32", *, split: int | None = None) -> None:
+        super().__init__()
+        spec: Backbone = create_backbone(backbone, split=split)
+        self.backbone_name = spec.name
+        self.split = spec.split
+        self.feature_dim = spec.feature_dim
+        self._new_branch = spec.new_branch
+        self.trunk = spec.trunk
+        self.branches = nn.ModuleList()
+        self.fc: nn.Linear | None = None
+        self.aux_fc: nn.Linear | None = None
+        self.task_sizes: list[int] = []
+        self.trunk_frozen = False
+
+    # -- shape of the model -------------------------------------------------------------------
+    @property
+    def num_tasks(self) -> int:
+        return len(self.branches)
+
+    @property
+    def num_classes(self) -> int:
+        return sum(self.task_sizes)
+
+    @property
+    def known_classes(self) -> int:
+        """Classes learned before the newest task."""
+        return sum(self.task_sizes[:-1])
+
+    # -- growing ------------------------------------------------------------------------------
+    def expand(self, num_new: int) -> None:
+        """Start a new task with ``num_new`` classes."""
+        if num_new < 1:
+            raise ValueError(f"a task needs at least one new class, got {num_new}")
+        branch = self._new_branch()
+        if self.branches:
+            branch.load_state_dict(self.branches[-1].state_dict())
+        self.branches.append(branch.to(self._device()))
+        self.task_sizes.append(num_new)
+
+        old_fc = self.fc
+        fc = new_linear(self.feature_dim * self.num_tasks, self.num_classes).to(self._device())
+        if old_fc is not None:
+            with torch.no_grad():
+                rows, cols = old_fc.weight.shape
+                fc.weight[:rows, :cols] = old_fc.weight
+                fc.bias[:rows] = old_fc.bias
+        self.fc = fc
+        # The auxiliary classifier (new classes + one "old" bucket) only exists from task 1 on.
+        self.aux_fc = new_linear(self.feature_dim, num_new + 1).to(self._device()) if self.num_tasks > 1 else None
+
+    def freeze_old_branches(self) -> None:
+        for branch in self.branches[:-1]:
+            branch.requires_grad_(False)
+            branch.eval()
+
+    def freeze_trunk(self) -> None:
+        self.trunk.requires_grad_(False)
+        self.trunk.eval()
+        self.trunk_frozen = True
+
+    def train(self, mode: bool = True) -> MemoNet:
+        """Like nn.Module.train, but frozen parts keep BN statistics frozen (eval) in every epoch."""
+        super().train(mode)
+        if mode:
+            for branch in self.branches[:-1]:
+                branch.eval()
+            if self.trunk_frozen:
+                self.trunk.eval()
+        return self
+
+    @torch.no_grad()
+    def weight_align(self) -> float:
+        """Scale the newest task's classifier rows; returns gamma (1.0 when nothing is old)."""
+        if self.fc is None or self.known_classes == 0:
+            return 1.0
+        norms = self.fc.weight.norm(p=2, dim=1)
+        known = self.known_classes
+        gamma = norms[:known].mean() / norms[known:].mean()
+        self.fc.weight[known:] *= gamma
+        return float(gamma)
+
+    # -- forward ------------------------------------------------------------------------------
+    def forward_features(self, x: Tensor) -> Tensor:
+        """Concatenated branch features [B, feature_dim * num_tasks] (what herding and NME use)."""
+        shared = self.trunk(x)
+        return torch.cat([branch(shared) for branch in self.branches], dim=1)
+
+    def forward_head(self, features: Tensor) -> MemoOutput:
+        if self.fc is None:
+            raise RuntimeError("MemoNet has no task yet: call expand() first")
+        aux = self.aux_fc(features[:, -self.feature_dim :]) if self.aux_fc is not None else None
+        return MemoOutput(self.fc(features), aux, features)
+
+    def forward(self, x: Tensor) -> MemoOutput:
+        return self.forward_head(self.forward_features(x))
+
+    # -- helpers ------------------------------------------------------------------------------
+    def _device(self) -> torch.device:
+        return next(self.trunk.parameters()).device
+
+    @classmethod
+    def with_tasks(cls, backbone: str, task_sizes: list[int], *, split: int | None = None) -> MemoNet:
+        """An empty network of the right shape for loading a checkpoint of ``len(task_sizes)`` tasks."""
+        net = cls(backbone, split=split)
+        for size in task_sizes:
+            net.expand(size)
+        return net
