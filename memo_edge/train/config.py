@@ -1,0 +1,54 @@
+"""The configuration of a training run, as the CLI builds it and ``config.json`` stores it."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+__all__ = ["TrainConfig", "default_scenario"]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    out: str
+    dataset: str = "digits"
+    data_dir: str | None = None
+    download: bool = False
+    scenario: str | None = None  # None: B0Inc2 on digits, B0Inc10 elsewhere
+    class_order: tuple[int, ...] | None = None
+    shuffle: bool = True
+    seed: int = 1993  # the reference seeds both the class order and training with 1993
+    backbone: str = "resnet32"
+    split: int | None = None
+    image_size: int | None = None
+    epochs: int | None = None  # tasks >= 1; None: the paper's 170
+    init_epochs: int | None = None  # task 0; None: the paper's 200
+    batch_size: int = 128
+    schedule: str = "step"
+    train_base: bool | None = None  # None: the reference default for the scenario
+    memory: str = "2000"  # total exemplars, or "aligned"
+    memory_per_class: int | None = None
+    device: str | None = None  # None: cuda when available, else cpu
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["class_order"] = list(self.class_order) if self.class_order is not None else None
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> TrainConfig:
+        known = {f.name for f in fields(cls)}
+        values = {k: v for k, v in data.items() if k in known}
+        if values.get("class_order") is not None:
+            values["class_order"] = tuple(values["class_order"])
+        return cls(**values)
+
+    def same_run_as(self, other: TrainConfig) -> bool:
+        """Whether two configs describe the same experiment (where it runs does not matter)."""
+        ignore = {"device", "out", "download", "data_dir"}
+        mine, theirs = self.to_json(), other.to_json()
+        return all(mine[k] == theirs[k] for k in mine if k not in ignore)
+
+
+def default_scenario(dataset: str) -> str:
+    return "B0Inc2" if dataset == "digits" else "B0Inc10"

@@ -1,0 +1,70 @@
+"""Batched inference over an image source: features for herding and NME, logits for evaluation."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from memo_edge.data.sources import ImageSource
+from memo_edge.memory.herding import l2_normalize
+from memo_edge.model import MemoNet
+from memo_edge.train.metrics import TaskMetrics, nme_scores, task_metrics
+
+__all__ = ["iter_batches", "extract", "class_means", "evaluate"]
+
+Transform = Callable[[Tensor], Tensor]
+
+
+def iter_batches(source: ImageSource, indices: np.ndarray, batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(images uint8 [b,H,W,C], labels) in the order of ``indices``."""
+    for start in range(0, len(indices), batch_size):
+        idx = indices[start : start + batch_size]
+        yield source.take(idx), source.labels[idx]
+
+
+@torch.inference_mode()
+def extract(
+    model: MemoNet, source: ImageSource, transform: Transform, device: torch.device, *, batch_size: int = 256
+) -> tuple[np.ndarray, np.ndarray]:
+    """Concatenated branch features [N, d*T] and logits [N, classes], in the source's order."""
+    was_training = model.training
+    model.eval()
+    feats, logits = [], []
+    for images, _ in iter_batches(source, np.arange(len(source)), batch_size):
+        out = model(transform(torch.from_numpy(images).to(device)))
+        feats.append(out.features.float().cpu().numpy())
+        logits.append(out.logits.float().cpu().numpy())
+    model.train(was_training)
+    dim = model.feature_dim * model.num_tasks
+    if not feats:
+        return np.zeros((0, dim), np.float32), np.zeros((0, model.num_classes), np.float32)
+    return np.concatenate(feats), np.concatenate(logits)
+
+
+def class_means(features: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndarray:
+    """NME prototypes: the normalised mean of each class's normalised features (iCaRL)."""
+    feats = l2_normalize(features)
+    means = np.zeros((num_classes, feats.shape[1]), np.float64)
+    for c in range(num_classes):
+        members = feats[labels == c]
+        if len(members):
+            means[c] = members.mean(axis=0)
+    return l2_normalize(means)
+
+
+def evaluate(
+    model: MemoNet,
+    test: ImageSource,
+    means: np.ndarray,
+    *,
+    task: int,
+    boundaries: list[int],
+    transform: Transform,
+    device: torch.device,
+) -> TaskMetrics:
+    """CNN and NME accuracies on the test images of every class seen so far."""
+    features, logits = extract(model, test, transform, device)
+    return task_metrics(task, logits, nme_scores(features, means), test.labels, boundaries, model.known_classes)

@@ -1,0 +1,236 @@
+"""A whole class-incremental run: data -> scenario -> for each task: learn, evaluate, checkpoint.
+
+Reads top to bottom: resolve the setup (data, scenario, memory, device), prepare the run directory
+(new, forced or resumed), then the task loop. Every task ends with a complete checkpoint and fresh
+results files, so a crash loses at most the task in progress.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from memo_edge.data.datasets import Dataset, load_dataset
+from memo_edge.data.scenario import Scenario, build_scenario, ordered_class_names, remap, task_subset
+from memo_edge.errors import InputError
+from memo_edge.memory.alignment import exemplar_bytes, memo_aligned_exemplars
+from memo_edge.memory.exemplars import ExemplarSet
+from memo_edge.memory.policy import MemoryPolicy
+from memo_edge.model import MemoNet, backbone_names, split_parameter_counts
+from memo_edge.train.augment import TestTransform, build_augment
+from memo_edge.train.checkpoint import (
+    completed_tasks,
+    load_checkpoint,
+    read_state,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
+from memo_edge.train.config import TrainConfig, default_scenario
+from memo_edge.train.features import evaluate
+from memo_edge.train.recipe import default_train_base, paper_recipe
+from memo_edge.train.results import TaskRecord, producer_versions, write_results
+from memo_edge.train.task import Transforms, learn_task, memo_model_bytes
+from memo_edge.utils.io import atomic_write_json
+
+__all__ = ["RunSetup", "prepare", "train", "resume_config", "select_device"]
+
+log = logging.getLogger(__name__)
+CONFIG_FILE = "config.json"
+_RUN_FILES = ("config.json", "results.json", "metrics.csv", "accuracy.png", "accuracy_matrix.png")
+
+
+@dataclass(frozen=True)
+class RunSetup:
+    """Everything resolved from a config before the first task."""
+
+    config: TrainConfig
+    dataset: Dataset
+    scenario: Scenario
+    memory: MemoryPolicy
+    train_base: bool
+    device: torch.device
+
+
+def select_device(name: str | None) -> torch.device:
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise InputError(f"unknown device {name!r}; use cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"device {name!r} asked for, but no CUDA GPU is available to torch")
+    return device
+
+
+def resolve_memory(config: TrainConfig, scenario: Scenario, bytes_per_exemplar: int) -> MemoryPolicy:
+    if config.memory_per_class is not None:
+        policy = MemoryPolicy("per_class", config.memory_per_class)
+    elif config.memory.strip().lower() == "aligned":
+        # MEMO's share of the DER-aligned budget for this scenario (3312 for CIFAR-100 B0Inc10).
+        trunk, branch = split_parameter_counts(config.backbone, split=config.split)
+        policy = MemoryPolicy("total", memo_aligned_exemplars(scenario.num_tasks, trunk, branch, bytes_per_exemplar))
+    else:
+        try:
+            policy = MemoryPolicy("total", int(config.memory))
+        except ValueError:
+            raise InputError(f"--memory must be a number of exemplars or 'aligned', got {config.memory!r}") from None
+    final = policy.per_class(scenario.num_classes, model_bytes=0, bytes_per_exemplar=bytes_per_exemplar)
+    if final < 1:
+        raise InputError(
+            f"memory budget too small: {policy.describe()} leaves less than one exemplar per class "
+            f"for {scenario.num_classes} classes"
+        )
+    return policy
+
+
+def prepare(config: TrainConfig) -> RunSetup:
+    """Validate the config and load what it names; every user mistake is an InputError."""
+    if config.backbone not in backbone_names():
+        raise InputError(f"unknown backbone {config.backbone!r}; choose from {', '.join(backbone_names())}")
+    try:
+        split_parameter_counts(config.backbone, split=config.split)
+        paper_recipe(0, epochs=config.init_epochs, schedule=config.schedule)  # type: ignore[arg-type]
+        paper_recipe(1, epochs=config.epochs, schedule=config.schedule)  # type: ignore[arg-type]
+    except ValueError as exc:
+        raise InputError(str(exc)) from None
+    device = select_device(config.device)
+    data_dir = Path(config.data_dir).expanduser() if config.data_dir else None
+    dataset = load_dataset(config.dataset, data_dir=data_dir, download=config.download, image_size=config.image_size)
+    spec = config.scenario or default_scenario(config.dataset)
+    scenario = build_scenario(spec, dataset.num_classes, seed=config.seed, shuffle=config.shuffle,
+                              class_order=config.class_order)
+    memory = resolve_memory(config, scenario, exemplar_bytes(dataset.image_shape))
+    train_base = config.train_base
+    if train_base is None:
+        train_base = default_train_base(scenario.task_sizes[0], scenario.num_classes)
+    return RunSetup(replace(config, scenario=spec), dataset, scenario, memory, train_base, device)
+
+
+def _prepare_run_dir(out: Path, config: TrainConfig, *, force: bool) -> None:
+    existing = out / CONFIG_FILE
+    if existing.exists() or any(out.glob("task-[0-9][0-9]")):
+        if not force:
+            try:
+                same = TrainConfig.from_json(json.loads(existing.read_text())["config"]).same_run_as(config)
+            except (OSError, ValueError, TypeError, KeyError):
+                same = False
+            what = "this run" if same else "a different run"
+            raise InputError(f"{out} already holds {what}; pass --resume to continue it or --force to start over")
+        for task in out.glob("task-[0-9][0-9]"):
+            shutil.rmtree(task)
+        for name in _RUN_FILES:
+            (out / name).unlink(missing_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def resume_config(run_dir: Path, *, device: str | None = None) -> TrainConfig:
+    """The config a run was started with, for ``--resume`` (optionally on another device)."""
+    path = run_dir / CONFIG_FILE
+    if not path.is_file():
+        raise InputError(f"cannot resume {run_dir}: no {CONFIG_FILE} (not a memo-edge run directory)")
+    try:
+        config = TrainConfig.from_json(json.loads(path.read_text())["config"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise InputError(f"cannot resume {run_dir}: {path} is damaged ({exc})") from None
+    return replace(config, out=str(run_dir), device=device if device is not None else config.device)
+
+
+def _header(setup: RunSetup) -> dict[str, Any]:
+    cfg, scenario = setup.config, setup.scenario
+    return {
+        "title": f"MEMO {cfg.backbone} on {cfg.dataset} {scenario.spec}",
+        "config": cfg.to_json(),
+        "scenario": scenario.to_json(),
+        "class_names": list(ordered_class_names(setup.dataset, scenario)),
+        "memory": {**setup.memory.to_json(), "bytes_per_exemplar": exemplar_bytes(setup.dataset.image_shape)},
+        "train_base": setup.train_base,
+        "device": str(setup.device),
+        "versions": producer_versions(),
+    }
+
+
+TaskCallback = Callable[[TaskRecord, int], None]
+
+
+def train(config: TrainConfig, *, resume: bool = False, force: bool = False, on_task: TaskCallback | None = None) -> dict[str, Any]:
+    """Run (or continue) all tasks of ``config``; returns the final results.json content."""
+    setup = prepare(config)
+    out = Path(setup.config.out)
+    header = _header(setup)
+    if resume:
+        done = completed_tasks(out)
+    else:
+        _prepare_run_dir(out, setup.config, force=force)
+        atomic_write_json(out / CONFIG_FILE, header)
+        done = 0
+
+    generator = torch.Generator()
+    if done:
+        ckpt = load_checkpoint(out, done - 1)
+        model, exemplars = ckpt.model, ckpt.exemplars
+        records = [TaskRecord.from_json(read_state(out, t)["record"]) for t in range(done)]
+        set_rng_state(ckpt.state["rng"], generator)
+        log.info("resuming %s after task %d of %d", out, done - 1, setup.scenario.num_tasks)
+    else:
+        torch.manual_seed(setup.config.seed)
+        generator.manual_seed(setup.config.seed)
+        model = MemoNet(setup.config.backbone, split=setup.config.split)
+        exemplars = ExemplarSet.empty(setup.dataset.image_shape)
+        records = []
+
+    results = write_results(out, header, records, complete=done == setup.scenario.num_tasks) if records else {}
+    for task in range(done, setup.scenario.num_tasks):
+        model, exemplars, record = _run_task(setup, task, model, exemplars, generator)
+        records.append(record)
+        save_checkpoint(out, task, model, exemplars, {"record": record.to_json(), "rng": rng_state(generator)})
+        results = write_results(out, header, records, complete=task + 1 == setup.scenario.num_tasks)
+        if on_task is not None:
+            on_task(record, setup.scenario.num_tasks)
+    return results
+
+
+def _run_task(
+    setup: RunSetup, task: int, model: MemoNet, exemplars: ExemplarSet, generator: torch.Generator
+) -> tuple[MemoNet, ExemplarSet, TaskRecord]:
+    cfg, scenario, dataset = setup.config, setup.scenario, setup.dataset
+    start = time.perf_counter()
+    train_set = remap(dataset.train, scenario)
+    test_set = remap(dataset.test, scenario)
+    epochs = cfg.init_epochs if task == 0 else cfg.epochs
+    recipe = paper_recipe(task, epochs=epochs, schedule=cfg.schedule, batch_size=cfg.batch_size)  # type: ignore[arg-type]
+    transforms = Transforms(
+        train=build_augment(dataset.augment, dataset.mean, dataset.std, dataset.image_shape[0]),
+        test=TestTransform(dataset.mean, dataset.std),
+    )
+    result = learn_task(
+        model, task_subset(train_set, scenario, task), exemplars,
+        num_new=scenario.task_sizes[task], recipe=recipe, train_base=setup.train_base, memory=setup.memory,
+        transforms=transforms, device=setup.device, generator=generator,
+        desc=f"task {task + 1}/{scenario.num_tasks}",
+    )
+    metrics = evaluate(model, task_subset(test_set, scenario, task, seen=True), result.class_means, task=task,
+                       boundaries=scenario.boundaries()[: task + 1], transform=transforms.test, device=setup.device)
+    record = TaskRecord(
+        task=task,
+        classes=(scenario.known_before(task), scenario.known_before(task) + scenario.task_sizes[task]),
+        metrics=metrics.to_json(),
+        exemplars=len(result.exemplars),
+        per_class=result.per_class,
+        model_bytes=memo_model_bytes(model),
+        exemplar_bytes=result.exemplars.nbytes,
+        wall_time_s=round(time.perf_counter() - start, 3),
+        train_images_per_s=round(result.images_per_second, 1),
+        final_loss=result.final_loss,
+        align_gamma=result.align_gamma,
+    )
+    return model, result.exemplars, record
