@@ -100,9 +100,9 @@ def test_build_remainder_task_and_options():
 @pytest.mark.parametrize(
     ("spec", "num_classes", "expected"),
     [
-        ("B0Inc1", 100, r"task 0 would have 1 class.*at least 2.*try B0Inc2"),
-        ("B0Inc10", 21, r"task 2 would have 1 class.*try B11Inc10"),
-        ("B1Inc10", 100, r"task 0 would have 1 class.*try B0Inc10"),
+        ("B0Inc1", 100, r"task-00 .task 1 of 100. would have 1 class.*at least 2.*try B0Inc2"),
+        ("B0Inc10", 21, r"task-02 .task 3 of 3. would have 1 class.*try B11Inc10"),
+        ("B1Inc10", 100, r"task-00 .task 1 of 11. would have 1 class.*try B0Inc10"),
         ("B120Inc10", 100, r"base of 120 classes exceeds the dataset's 100 classes.*try B90Inc10"),
         ("B0Inc120", 100, r"increment of 120 does not fit the 100 classes"),
         ("B50Inc60", 100, r"increment of 60 does not fit the 50 classes left.*try B50Inc50"),

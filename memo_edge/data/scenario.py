@@ -154,9 +154,11 @@ def _problem(num_classes: int, base: int, inc: int) -> str | None:
     if rest > 0 and inc > rest:
         left = f" left after the base of {base}" if base else ""
         return f"an increment of {inc} does not fit the {rest} classes{left}"
-    for task, size in enumerate(_task_sizes(num_classes, base, inc)):
+    sizes = _task_sizes(num_classes, base, inc)
+    for task, size in enumerate(sizes):
         if size < 2:
-            return f"task {task} would have {size} class; MEMO's auxiliary classifier needs at least 2 per task"
+            return (f"task-{task:02d} (task {task + 1} of {len(sizes)}) would have {size} class; "
+                    "MEMO's auxiliary classifier needs at least 2 per task")
     return None
 
 

@@ -1,0 +1,140 @@
+"""The ``memo-edge`` command line: each command parses, builds a config, calls one library function.
+
+Errors are mapped to exit codes in one place (``MemoEdgeGroup.invoke``): ``InputError`` (a user
+mistake) exits 2, any other ``MemoEdgeError`` exits 1, both as one line without a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import click
+
+from memo_edge import __version__
+from memo_edge.errors import InputError, MemoEdgeError
+
+__all__ = ["main"]
+
+
+class UserError(click.ClickException):
+    """One line on stderr, exit code 2 (click's code for bad invocations)."""
+
+    exit_code = 2
+
+
+class MemoEdgeGroup(click.Group):
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except InputError as exc:
+            raise UserError(str(exc)) from None
+        except MemoEdgeError as exc:
+            raise click.ClickException(str(exc)) from None
+
+
+@click.group(cls=MemoEdgeGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="memo-edge")
+@click.option("-v", "--verbose", is_flag=True, help="Log debug messages (per-epoch losses).")
+def main(verbose: bool) -> None:
+    """MEMO class-incremental learning: train on a workstation, deploy to edge GPUs."""
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(message)s")
+
+
+def _parse_class_order(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[int, ...] | None:
+    if value is None:
+        return None
+    try:
+        return tuple(int(v) for v in value.replace(" ", "").split(",") if v)
+    except ValueError:
+        raise click.BadParameter("expected comma-separated class ids, e.g. 3,1,0,2") from None
+
+
+@main.command()
+@click.option("--dataset", default="digits", show_default=True,
+              help="digits (built in), cifar100, npz:DIR or imagefolder:DIR (DIR/train, DIR/val).")
+@click.option("--data-dir", type=click.Path(path_type=Path), help="Where cifar100 lives (or is downloaded to).")
+@click.option("--download/--no-download", default=False, help="Download cifar100 into --data-dir if missing.")
+@click.option("--scenario", help="B0IncK or B{N}IncK  [default: B0Inc2 on digits, else B0Inc10]")
+@click.option("--class-order", callback=_parse_class_order, help="Explicit class order: comma-separated ids.")
+@click.option("--shuffle/--no-shuffle", default=True, show_default=True,
+              help="Shuffle the class order with --seed (the reference protocol) or keep label order.")
+@click.option("--seed", type=int, default=1993, show_default=True, help="Seed for the class order and training.")
+@click.option("--backbone", default="resnet32", show_default=True, help="resnet32/26/20/14/8 (CIFAR) or resnet18.")
+@click.option("--split", type=int, help="Stages in the shared trunk [default: 2 on CIFAR ResNets, 3 on resnet18].")
+@click.option("--image-size", type=int, help="Input size for imagefolder data  [default: 224]")
+@click.option("--epochs", type=click.IntRange(min=1), help="Epochs of tasks >= 1  [default: 170, the paper's]")
+@click.option("--init-epochs", type=click.IntRange(min=1), help="Epochs of task 0  [default: 200, the paper's]")
+@click.option("--batch-size", type=click.IntRange(min=2), default=128, show_default=True, help="Training batch size.")
+@click.option("--schedule", type=click.Choice(["step", "cosine"]), default="step", show_default=True,
+              help="Learning-rate schedule: the paper's milestones or cosine annealing.")
+@click.option("--train-base/--freeze-base", default=None,
+              help="Train or freeze the trunk after task 0  [default: train for B0 with small tasks, freeze for B50]")
+@click.option("--memory", default="2000", show_default=True,
+              help="Exemplars in total, or 'aligned' for MEMO's memory-aligned count of the scenario.")
+@click.option("--memory-per-class", type=click.IntRange(min=1), help="A fixed number of exemplars per class instead.")
+@click.option("--device", help="cpu, cuda or cuda:N  [default: cuda when available]")
+@click.option("--out", type=click.Path(path_type=Path), help="Run directory (checkpoints, results, plots).")
+@click.option("--resume", type=click.Path(path_type=Path, file_okay=False), help="Continue the run in this directory.")
+@click.option("--force", is_flag=True, help="Overwrite a run already in --out.")
+def train(out: Path | None, resume: Path | None, force: bool, device: str | None, data_dir: Path | None,
+          **options: Any) -> None:
+    """Train MEMO task by task; checkpoints after every task."""
+    from memo_edge.train.config import TrainConfig
+    from memo_edge.train.run import resume_config, train as run_training
+
+    if resume is not None:
+        config = resume_config(resume, device=device)
+    elif out is None:
+        raise InputError("give --out DIR for a new run, or --resume DIR to continue one")
+    else:
+        config = TrainConfig(out=str(out), device=device, data_dir=str(data_dir) if data_dir else None, **options)
+    results = run_training(config, resume=resume is not None, force=force, on_task=_print_task)
+    _print_summary(results, Path(config.out))
+
+
+def _print_task(record: Any, num_tasks: int) -> None:
+    m = record.metrics
+    click.echo(
+        f"task-{record.task:02d} ({record.task + 1}/{num_tasks}): {m['seen_classes']} classes  top-1 {m['top1']:.1f}%  "
+        f"NME {m['nme_top1']:.1f}%  exemplars {record.exemplars} ({record.per_class}/class, "
+        f"{record.exemplar_bytes / 2**20:.2f} MiB)  model {record.model_bytes / 2**20:.2f} MiB  "
+        f"{record.wall_time_s:.0f}s"
+    )
+
+
+def _print_summary(results: dict[str, Any], out: Path) -> None:
+    if not results:
+        return
+    s = results["summary"]
+    forgetting = "n/a" if s["forgetting"] is None else f"{s['forgetting']:.1f}"
+    click.echo(f"average incremental accuracy {s['average_incremental_accuracy']:.2f}%  "
+               f"last {s['last_accuracy']:.2f}%  forgetting {forgetting}")
+    click.echo(f"results: {out / 'results.json'}  (metrics.csv, accuracy.png, accuracy_matrix.png, task-XX/)")
+
+
+@main.command()
+@click.option("--backbone", default="resnet32", show_default=True, help="Backbone to measure (built live).")
+@click.option("--split", type=int, help="Stages in the shared trunk [default: the paper's cut].")
+@click.option("--image-size", type=click.IntRange(min=1), default=32, show_default=True, help="Exemplar height = width.")
+@click.option("--channels", type=click.IntRange(min=1), default=3, show_default=True, help="Exemplar channels.")
+@click.option("--classes", type=click.IntRange(min=2), default=100, show_default=True, help="Classes in the dataset.")
+@click.option("--base-exemplars", type=click.IntRange(min=0), default=2000, show_default=True,
+              help="Exemplars of the DER reference budget.")
+@click.option("--scenario", default="B0Inc10", show_default=True, help="Scenario of the per-task quota table.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def budget(as_json: bool, **options: Any) -> None:
+    """Memory alignment: one model in exemplars, and the aligned exemplar counts per scenario."""
+    from memo_edge.memory.report import BudgetRequest, budget_report, format_budget_report
+
+    try:
+        report = budget_report(BudgetRequest(**options))
+    except ValueError as exc:
+        raise InputError(str(exc)) from None
+    click.echo(json.dumps(report, indent=2) if as_json else format_budget_report(report))
+
+
+if __name__ == "__main__":
+    main()
