@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml constraints.txt
 # The main job end to end on built-in data: 10 handwritten-digit classes, 5 tasks of 2.
 demo: $(STAMP)
 	$(BIN)/memo-edge train --dataset digits --scenario B0Inc2 --backbone resnet32 \
-		--init-epochs 12 --epochs 10 --batch-size 64 --schedule cosine --memory 200 --device cpu \
+		--init-epochs 10 --epochs 8 --batch-size 32 --schedule cosine --memory 200 --device cpu \
 		--out runs/demo --force
 
 test: $(STAMP)

@@ -1,0 +1,28 @@
+"""Shared by benchmark scripts: replace one script's section of docs/benchmarks.md in place."""
+
+from __future__ import annotations
+
+import platform
+import re
+from pathlib import Path
+
+
+def write_section(path: Path, name: str, body: str) -> None:
+    """Put ``body`` between ``<!-- name:begin -->`` and ``<!-- name:end -->``, appending it if new."""
+    begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
+    block = f"{begin}\n{body.rstrip()}\n{end}"
+    text = path.read_text() if path.exists() else "# Benchmarks\n"
+    pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end), re.DOTALL)
+    text = pattern.sub(lambda _: block, text) if pattern.search(text) else text.rstrip("\n") + "\n\n" + block + "\n"
+    path.write_text(text if text.endswith("\n") else text + "\n")
+
+
+def cpu_name() -> str:
+    """The CPU model as the kernel reports it (platform.processor() is empty on Linux)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
