@@ -114,3 +114,15 @@ def test_run_writes_results_checkpoints_and_plots(tmp_path: Path) -> None:
     assert (run / "metrics.csv").read_text().count("\n") == 4
     assert (run / "accuracy.png").read_bytes()[:4] == b"\x89PNG"
     assert (run / "accuracy_matrix.png").stat().st_size > 1000
+
+
+def test_memory_aligned_gives_memo_its_reference_count() -> None:
+    from memo_edge.data.scenario import build_scenario
+    from memo_edge.train.run import resolve_memory
+
+    for spec, expected in [("B0Inc10", 3312), ("B50Inc10", 2729), ("B0Inc5", 4771)]:
+        policy = resolve_memory(_config(Path("unused"), memory="aligned", backbone="resnet32"),
+                                build_scenario(spec, 100), bytes_per_exemplar=3072)
+        assert policy == MemoryPolicy("total", expected)
+    per_class = resolve_memory(_config(Path("unused"), memory_per_class=20), build_scenario("B0Inc10", 100), 3072)
+    assert per_class == MemoryPolicy("per_class", 20)

@@ -192,7 +192,8 @@ def train(config: TrainConfig, *, resume: bool = False, force: bool = False, on_
     for task in range(done, setup.scenario.num_tasks):
         model, exemplars, record = _run_task(setup, task, model, exemplars, generator)
         records.append(record)
-        save_checkpoint(out, task, model, exemplars, {"record": record.to_json(), "rng": rng_state(generator)})
+        state = {"scenario": setup.scenario.to_json(), "record": record.to_json(), "rng": rng_state(generator)}
+        save_checkpoint(out, task, model, exemplars, state)
         results = write_results(out, header, records, complete=task + 1 == setup.scenario.num_tasks)
         if on_task is not None:
             on_task(record, setup.scenario.num_tasks)
