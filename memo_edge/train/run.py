@@ -153,6 +153,8 @@ def _header(setup: RunSetup) -> dict[str, Any]:
         "scenario": scenario.to_json(),
         "class_names": list(ordered_class_names(setup.dataset, scenario)),
         "memory": {**setup.memory.to_json(), "bytes_per_exemplar": exemplar_bytes(setup.dataset.image_shape)},
+        "image_shape": list(setup.dataset.image_shape),
+        "normalization": {"mean": list(setup.dataset.mean), "std": list(setup.dataset.std)},
         "train_base": setup.train_base,
         "device": str(setup.device),
         "versions": producer_versions(),

@@ -1,0 +1,182 @@
+"""``memo-edge export``: a trained run directory -> a verified, deployable package.
+
+Reads top to bottom: check TensorRT first when asked (fail before any work), load the task's
+checkpoint and the run's config, export the graphs, write the package (verified with ONNX Runtime
+before it becomes visible), then build TensorRT engines into its cache.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import torch
+from safetensors.numpy import save as save_numpy
+from safetensors.torch import save as save_torch
+
+from memo_edge.data.datasets import load_dataset
+from memo_edge.data.scenario import Scenario, remap, task_subset
+from memo_edge.errors import InputError
+from memo_edge.export import graphs
+from memo_edge.export.tensorrt import EngineOptions, EngineRecord, GraphSpec, build_engines, probe_environment
+from memo_edge.export.verify import verify_package
+from memo_edge.memory.alignment import exemplar_bytes
+from memo_edge.memory.exemplars import ExemplarSet
+from memo_edge.memory.policy import MemoryPolicy
+from memo_edge.model import MemoNet
+from memo_edge.runtime.package import Budget, InputSpec, Manifest, PackageVersion, open_package, write_package
+from memo_edge.train.checkpoint import completed_tasks, load_checkpoint
+from memo_edge.train.results import producer_versions
+from memo_edge.train.task import memo_model_bytes
+
+__all__ = ["ExportConfig", "export_run", "engine_graphs"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    run_dir: Path
+    out: Path
+    task: int | None = None  # checkpoint task-XX to export; None: the last complete one
+    full: bool = True  # also export full.onnx (one graph: image -> logits)
+    verify_images: int = 256
+    total_budget_bytes: int | None = None  # None: model bytes + the run's exemplar memory at this task
+    force: bool = False
+    trt: EngineOptions | None = None  # build TensorRT engines with these options
+
+
+def export_run(config: ExportConfig) -> tuple[PackageVersion, list[EngineRecord]]:
+    env = probe_environment() if config.trt is not None else None  # before any other work
+    if config.out.exists() and any(config.out.iterdir()) and not config.force:
+        raise InputError(f"{config.out} exists and is not empty; pass --force to replace it")
+    header = _read_header(config.run_dir)
+    task = _pick_task(config.run_dir, config.task)
+    ckpt = load_checkpoint(config.run_dir, task)
+    model, exemplars = ckpt.model.eval(), ckpt.exemplars
+    scenario = Scenario.from_json(header["scenario"])
+    spec = _input_spec(header)
+    images, image_source = _verification_images(header, scenario, task, exemplars, config.verify_images)
+
+    with torch.no_grad():
+        trunk_shape = tuple(model.trunk(torch.zeros((1, spec.channels, spec.height, spec.width))).shape[1:])
+    blobs = [(graphs.trunk_graph(model, spec.mean, spec.std, spec.shape).data, "trunk", ".onnx", None)]
+    blobs += [(graphs.branch_graph(model, t, trunk_shape).data, "branch", ".onnx", t) for t in range(model.num_tasks)]
+    if config.full:
+        blobs.append((graphs.full_graph(model, spec.mean, spec.std, spec.shape).data, "full", ".onnx", None))
+    blobs.append((_head_bytes(model), "head", ".safetensors", None))
+    blobs.append((save_torch({k: v.contiguous() for k, v in model.state_dict().items()}), "weights", ".safetensors", None))
+
+    manifest = _manifest(header, scenario, task, model, exemplars, spec, config, image_source)
+    tasks = np.searchsorted(np.array(scenario.boundaries()[: task + 1]), exemplars.labels, side="right")
+
+    def verify(version: PackageVersion) -> dict[str, Any]:
+        report = verify_package(version, model, images)
+        report["images_from"] = image_source
+        return report
+
+    written = write_package(config.out, manifest, blobs, exemplars, tasks, verify=verify)
+    log.info("package %s: version %d, %d files, verified on %d images", config.out, written.version,
+             len(written.files), len(images))
+    version = open_package(config.out)
+    engines = build_engines(config.out, engine_graphs(version), config.trt, env=env) if config.trt and env else []
+    return version, engines
+
+
+def engine_graphs(version: PackageVersion) -> list[GraphSpec]:
+    """The graphs TensorRT compiles: trunk and full take images, branches take trunk features."""
+    out = []
+    for entry in version.manifest.files:
+        if entry.role not in ("trunk", "branch", "full"):
+            continue
+        model = onnx.load(str(version.path(entry)), load_external_data=False)
+        dims = model.graph.input[0].type.tensor_type.shape.dim[1:]
+        name = entry.role if entry.task is None else f"branch-{entry.task}"
+        out.append(GraphSpec(name=name, onnx_path=version.path(entry), onnx_sha256=entry.sha256,
+                             input_name=model.graph.input[0].name, input_tail=tuple(d.dim_value for d in dims),
+                             refittable=entry.role == "branch"))
+    return out
+
+
+def _read_header(run_dir: Path) -> dict[str, Any]:
+    path = run_dir / "config.json"
+    if not path.is_file():
+        raise InputError(f"{run_dir} is not a memo-edge run directory (config.json missing)")
+    try:
+        return json.loads(path.read_text())
+    except ValueError as exc:
+        raise InputError(f"{path} is damaged: {exc}") from None
+
+
+def _pick_task(run_dir: Path, task: int | None) -> int:
+    done = completed_tasks(run_dir)
+    if done == 0:
+        raise InputError(f"{run_dir} has no finished task to export")
+    if task is None:
+        return done - 1
+    if not 0 <= task < done:
+        raise InputError(f"--task {task}: {run_dir} has tasks 0..{done - 1} (task-00 .. task-{done - 1:02d})")
+    return task
+
+
+def _input_spec(header: dict[str, Any]) -> InputSpec:
+    h, w, c = header["image_shape"]
+    return InputSpec(h, w, c, tuple(header["normalization"]["mean"]), tuple(header["normalization"]["std"]))
+
+
+def _verification_images(header: dict[str, Any], scenario: Scenario, task: int, exemplars: ExemplarSet,
+                         count: int) -> tuple[np.ndarray, str]:
+    """Held-out test images of the seen classes, spread over classes; exemplars if the data is gone."""
+    cfg = header["config"]
+    try:
+        data_dir = Path(cfg["data_dir"]).expanduser() if cfg.get("data_dir") else None
+        dataset = load_dataset(cfg["dataset"], data_dir=data_dir, image_size=cfg.get("image_size"))
+    except InputError as exc:
+        log.warning("verification uses exemplars: the run's test data cannot be loaded (%s)", exc)
+        return exemplars.images[:count], "exemplars"
+    test = task_subset(remap(dataset.test, scenario), scenario, task, seen=True)
+    rng = np.random.default_rng(0)
+    pick = np.sort(rng.permutation(len(test))[: min(count, len(test))])
+    return test.take(pick), f"test split of {cfg['dataset']}"
+
+
+def _head_bytes(model: MemoNet) -> bytes:
+    if model.fc is None:
+        raise InputError("the checkpoint holds a model without a classifier")
+    return save_numpy({"weight": model.fc.weight.detach().cpu().numpy(), "bias": model.fc.bias.detach().cpu().numpy()})
+
+
+def _manifest(header: dict[str, Any], scenario: Scenario, task: int, model: MemoNet, exemplars: ExemplarSet,
+              spec: InputSpec, config: ExportConfig, image_source: str) -> Manifest:
+    per_exemplar = exemplar_bytes(spec.shape)
+    model_bytes = memo_model_bytes(model)
+    policy = MemoryPolicy.from_json(header["memory"])
+    seen = model.num_classes
+    capacity = policy.per_class(seen, model_bytes=model_bytes, bytes_per_exemplar=per_exemplar) * seen * per_exemplar
+    total = config.total_budget_bytes if config.total_budget_bytes is not None else model_bytes + capacity
+    if total < model_bytes + exemplars.nbytes:
+        raise InputError(f"total budget {total:,} B is below what task-{task:02d} already holds: model "
+                         f"{model_bytes:,} B + exemplars {exemplars.nbytes:,} B")
+    counts = exemplars.counts()
+    return Manifest(
+        version=1,
+        class_names=tuple(header["class_names"][:seen]),
+        task_classes=tuple((scenario.known_before(t), scenario.known_before(t + 1)) for t in range(task + 1)),
+        input=spec,
+        model={"backbone": model.backbone_name, "split": model.split, "feature_dim": model.feature_dim,
+               "task_sizes": list(model.task_sizes), "trunk_frozen": model.trunk_frozen,
+               "train_base": header.get("train_base")},
+        budget=Budget(total_bytes=total, model_bytes=model_bytes, exemplar_bytes=exemplars.nbytes,
+                      bytes_per_exemplar=per_exemplar, exemplars=len(exemplars),
+                      per_class=min(counts.values()) if counts else 0),
+        files=(),
+        opset=graphs.OPSET,
+        producer=producer_versions() | {"onnx": onnx.__version__, "opset": str(graphs.OPSET)},
+        source={"run": str(config.run_dir.resolve()), "task": task, "scenario": scenario.spec,
+                "verification_images": image_source},
+    )

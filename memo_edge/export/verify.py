@@ -1,0 +1,92 @@
+"""Numerical verification of an exported package: ONNX Runtime (CPU) against PyTorch.
+
+Each graph is compared on the same inputs (branches get PyTorch's trunk output, so a difference is
+that graph's own), then end to end: the split path (trunk -> branches -> numpy head) and the full
+graph. Tolerance: the largest absolute difference, relative to the largest reference magnitude
+(at least 1), must stay within ``REL_TOLERANCE``; and every top-1 decision must agree, except a
+near-tie whose PyTorch margin is within twice the observed logit difference (counted and recorded).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from memo_edge.errors import MemoEdgeError
+from memo_edge.export.graphs import Preprocess
+from memo_edge.model import MemoNet
+from memo_edge.runtime.backends import OrtCpuBackend
+from memo_edge.runtime.package import PackageVersion
+
+__all__ = ["REL_TOLERANCE", "verify_package", "compare"]
+
+REL_TOLERANCE = 1e-3  # float32 BN folding and kernel choice differ at ~1e-6 relative; 1e-3 flags real errors
+
+
+def compare(reference: np.ndarray, candidate: np.ndarray) -> dict[str, float]:
+    diff = float(np.abs(reference - candidate).max()) if reference.size else 0.0
+    scale = max(1.0, float(np.abs(reference).max()) if reference.size else 1.0)
+    return {"max_abs_diff": diff, "relative_diff": diff / scale}
+
+
+def _agreement(reference: np.ndarray, candidate: np.ndarray) -> dict[str, float]:
+    ref_top, cand_top = reference.argmax(1), candidate.argmax(1)
+    differ = np.flatnonzero(ref_top != cand_top)
+    slack = 2.0 * float(np.abs(reference - candidate).max()) if reference.size else 0.0
+    rows = np.arange(len(reference))
+    margins = reference[rows, ref_top] - reference[rows, cand_top]
+    near_ties = int(np.sum(margins[differ] <= slack))
+    return {"top1_agreement": float(1.0 - len(differ) / max(1, len(reference))), "disagreements": int(len(differ)),
+            "near_ties": near_ties}
+
+
+@torch.inference_mode()
+def verify_package(version: PackageVersion, model: MemoNet, images: np.ndarray, *, batch_size: int = 128) -> dict[str, Any]:
+    """Compare every graph of ``version`` with ``model`` on uint8 ``images``; raise when out of tolerance."""
+    model = model.eval().cpu()
+    spec = version.manifest.input
+    preprocess = Preprocess(spec.mean, spec.std)
+    backend = OrtCpuBackend(version)
+    parts: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
+
+    def add(name: str, ref: torch.Tensor | np.ndarray, cand: np.ndarray) -> None:
+        ref = ref.numpy() if isinstance(ref, torch.Tensor) else ref
+        parts.setdefault(name, []).append((ref, cand))
+
+    for start in range(0, len(images), batch_size):
+        batch = np.ascontiguousarray(images[start : start + batch_size])
+        shared = model.trunk(preprocess(torch.from_numpy(batch)))
+        add("trunk", shared, backend.trunk(batch))
+        for t, branch in enumerate(model.branches):
+            add(f"branch-{t}", branch(shared), backend.branch(t, shared.numpy()))
+        logits = model(preprocess(torch.from_numpy(batch))).logits
+        add("end_to_end", logits, backend.head(backend.features(batch)))
+        full = backend.full_logits(batch)
+        if full is not None:
+            add("full", logits, full)
+
+    report: dict[str, Any] = {"images": int(len(images)), "relative_tolerance": REL_TOLERANCE, "graphs": {}}
+    for name, pairs in parts.items():
+        ref, cand = (np.concatenate([p[i] for p in pairs]) for i in (0, 1))
+        figures = compare(ref, cand)
+        if name in ("end_to_end", "full"):
+            figures |= _agreement(ref, cand)
+        report["graphs"][name] = figures
+    _check(report["graphs"], version)
+    report["passed"] = True
+    return report
+
+
+def _check(graphs: dict[str, dict[str, float]], version: PackageVersion) -> None:
+    problems: Sequence[str] = [
+        f"{name}: relative difference {g['relative_diff']:.2e} > {REL_TOLERANCE:.0e}"
+        for name, g in graphs.items() if g["relative_diff"] > REL_TOLERANCE
+    ] + [
+        f"{name}: {g['disagreements'] - g['near_ties']} top-1 disagreements beyond near-ties"
+        for name, g in graphs.items() if "disagreements" in g and g["disagreements"] > g["near_ties"]
+    ]
+    if problems:
+        raise MemoEdgeError(f"export verification failed for {version.root.name}: " + "; ".join(problems))
