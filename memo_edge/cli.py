@@ -136,5 +136,54 @@ def budget(as_json: bool, **options: Any) -> None:
     click.echo(json.dumps(report, indent=2) if as_json else format_budget_report(report))
 
 
+@main.command()
+@click.argument("run_dir", type=click.Path(path_type=Path, file_okay=False, exists=True))
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Package directory to write.")
+@click.option("--task", type=click.IntRange(min=0), help="Export the model after this task (task-XX, 0-based) [default: last].")
+@click.option("--full/--no-full", default=True, show_default=True, help="Also export full.onnx (image -> logits).")
+@click.option("--verify-images", type=click.IntRange(min=1), default=256, show_default=True,
+              help="Held-out test images for the ONNX Runtime vs PyTorch check.")
+@click.option("--total-budget", "total_budget", type=click.IntRange(min=1),
+              help="Device memory budget in bytes (model + exemplars) [default: what the run uses at this task].")
+@click.option("--trt", is_flag=True, help="Also build TensorRT engines (needs tensorrt and an NVIDIA GPU).")
+@click.option("--fp16", is_flag=True, help="TensorRT engines in FP16.")
+@click.option("--min-batch", type=click.IntRange(min=1), default=1, show_default=True, help="TensorRT profile: smallest batch.")
+@click.option("--opt-batch", type=click.IntRange(min=1), default=8, show_default=True, help="TensorRT profile: tuned batch.")
+@click.option("--max-batch", type=click.IntRange(min=1), default=32, show_default=True, help="TensorRT profile: largest batch.")
+@click.option("--workspace", type=click.IntRange(min=16), default=1024, show_default=True, help="TensorRT workspace (MiB).")
+@click.option("--force", is_flag=True, help="Replace an existing package at --out.")
+def export(run_dir: Path, out: Path, task: int | None, full: bool, verify_images: int, total_budget: int | None,
+           trt: bool, fp16: bool, min_batch: int, opt_batch: int, max_batch: int, workspace: int, force: bool) -> None:
+    """Export a trained run as a verified package (ONNX, weights, exemplars; TensorRT engines with --trt)."""
+    from memo_edge.export.exporter import ExportConfig, export_run
+    from memo_edge.export.tensorrt import EngineOptions, ShapeProfile
+
+    try:
+        engine = EngineOptions("fp16" if fp16 else "fp32", ShapeProfile(min_batch, opt_batch, max_batch), workspace)
+    except ValueError as exc:
+        raise InputError(str(exc)) from None
+    config = ExportConfig(run_dir, out, task, full, verify_images, total_budget, force, engine if trt else None)
+    version, engines = export_run(config)
+    v = version.manifest.verification["graphs"]["end_to_end"]
+    click.echo(f"package {out}: {len(version.manifest.files)} files, verified on "
+               f"{version.manifest.verification['images']} images (max logit difference {v['max_abs_diff']:.2e}, "
+               f"top-1 agreement {100 * v['top1_agreement']:.1f}%)")
+    for record in engines:
+        click.echo(f"engine {record.name}: {'built' if record.built else 'cached'} {record.path}")
+
+
+@main.command()
+@click.argument("package", type=click.Path(path_type=Path, file_okay=False, exists=True))
+@click.option("--version", "version", type=click.IntRange(min=1), help="Show this version [default: current].")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output (the manifest).")
+def info(package: Path, version: int | None, as_json: bool) -> None:
+    """What a package holds: classes, tasks, files and sizes, budget, verification."""
+    from memo_edge.runtime.info import format_info
+    from memo_edge.runtime.package import open_package
+
+    pkg = open_package(package, version=version)
+    click.echo(json.dumps(pkg.manifest.to_json(), indent=2) if as_json else format_info(pkg))
+
+
 if __name__ == "__main__":
     main()
