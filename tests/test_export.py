@@ -213,3 +213,16 @@ def test_reading_a_package_does_not_import_torch(package: Path) -> None:
         "assert 'torch' not in sys.modules, 'torch was imported'\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_both_onnxruntime_wheels_installed_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.metadata
+    from types import SimpleNamespace
+
+    from memo_edge.errors import MemoEdgeError
+    from memo_edge.runtime.backends import load_onnxruntime
+
+    fake = [SimpleNamespace(metadata={"Name": n}) for n in ("onnxruntime", "onnxruntime-gpu", "numpy")]
+    monkeypatch.setattr(importlib.metadata, "distributions", lambda: fake)
+    with pytest.raises(MemoEdgeError, match="both onnxruntime and onnxruntime-gpu"):
+        load_onnxruntime()

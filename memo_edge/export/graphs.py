@@ -43,7 +43,8 @@ class Preprocess(nn.Module):
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
 
     def forward(self, image: Tensor) -> Tensor:
-        x = image.permute(0, 3, 1, 2).float() / 255.0
+        # Cast first: TensorRT accepts a uint8 network input only when a Cast consumes it.
+        x = image.float().permute(0, 3, 1, 2) / 255.0
         return (x - self.mean) / self.std
 
 
