@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,9 +35,11 @@ from memo_edge.train.checkpoint import completed_tasks, load_checkpoint
 from memo_edge.train.results import producer_versions
 from memo_edge.train.task import memo_model_bytes
 
-__all__ = ["ExportConfig", "export_run", "engine_graphs"]
+__all__ = ["ExportConfig", "export_run", "engine_graphs", "model_blobs", "model_manifest", "package_model", "exemplar_tasks"]
 
 log = logging.getLogger(__name__)
+
+Blob = tuple[bytes, str, str, "int | None"]  # data, role, file extension, task
 
 
 @dataclass(frozen=True)
@@ -62,30 +65,69 @@ def export_run(config: ExportConfig) -> tuple[PackageVersion, list[EngineRecord]
     scenario = Scenario.from_json(header["scenario"])
     spec = _input_spec(header)
     images, image_source = _verification_images(header, scenario, task, exemplars, config.verify_images)
-
-    with torch.no_grad():
-        trunk_shape = tuple(model.trunk(torch.zeros((1, spec.channels, spec.height, spec.width))).shape[1:])
-    blobs = [(graphs.trunk_graph(model, spec.mean, spec.std, spec.shape).data, "trunk", ".onnx", None)]
-    blobs += [(graphs.branch_graph(model, t, trunk_shape).data, "branch", ".onnx", t) for t in range(model.num_tasks)]
-    if config.full:
-        blobs.append((graphs.full_graph(model, spec.mean, spec.std, spec.shape).data, "full", ".onnx", None))
-    blobs.append((_head_bytes(model), "head", ".safetensors", None))
-    blobs.append((save_torch({k: v.contiguous() for k, v in model.state_dict().items()}), "weights", ".safetensors", None))
-
-    manifest = _manifest(header, scenario, task, model, exemplars, spec, config, image_source)
-    tasks = np.searchsorted(np.array(scenario.boundaries()[: task + 1]), exemplars.labels, side="right")
-
-    def verify(version: PackageVersion) -> dict[str, Any]:
-        report = verify_package(version, model, images)
-        report["images_from"] = image_source
-        return report
-
-    written = write_package(config.out, manifest, blobs, exemplars, tasks, verify=verify)
-    log.info("package %s: version %d, %d files, verified on %d images", config.out, written.version,
-             len(written.files), len(images))
-    version = open_package(config.out)
+    total = _total_budget(header, model, exemplars, spec, config.total_budget_bytes, task)
+    version = package_model(
+        config.out, model, exemplars, spec=spec, class_names=header["class_names"][: model.num_classes],
+        augment=header.get("augment", "cifar"), total_budget_bytes=total, verify_images=images, full=config.full,
+        source={"run": str(config.run_dir.resolve()), "task": task, "scenario": scenario.spec,
+                "train_base": header.get("train_base"), "verification_images": image_source},
+    )
     engines = build_engines(config.out, engine_graphs(version), config.trt, env=env) if config.trt and env else []
     return version, engines
+
+
+def model_blobs(model: MemoNet, spec: InputSpec, *, branches: Sequence[int], trunk: bool, full: bool) -> list[Blob]:
+    """Serialized files of ``model`` for a package: the named graphs, the head and the training weights."""
+    model = model.eval()
+    blobs: list[Blob] = []
+    if trunk:
+        blobs.append((graphs.trunk_graph(model, spec.mean, spec.std, spec.shape).data, "trunk", ".onnx", None))
+    if branches:
+        with torch.no_grad():
+            trunk_shape = tuple(model.trunk(torch.zeros((1, spec.channels, spec.height, spec.width))).shape[1:])
+        blobs += [(graphs.branch_graph(model, t, trunk_shape).data, "branch", ".onnx", t) for t in branches]
+    if full:
+        blobs.append((graphs.full_graph(model, spec.mean, spec.std, spec.shape).data, "full", ".onnx", None))
+    if model.fc is None:
+        raise InputError("the model has no classifier (no task learned)")
+    head = {"weight": model.fc.weight.detach().cpu().numpy(), "bias": model.fc.bias.detach().cpu().numpy()}
+    blobs.append((save_numpy(head), "head", ".safetensors", None))
+    blobs.append((save_torch({k: v.contiguous() for k, v in model.state_dict().items()}), "weights", ".safetensors", None))
+    return blobs
+
+
+def exemplar_tasks(exemplars: ExemplarSet, task_classes: Sequence[tuple[int, int]]) -> np.ndarray:
+    """The task that introduced each exemplar's class."""
+    ends = np.array([end for _, end in task_classes])
+    return np.searchsorted(ends, exemplars.labels, side="right")
+
+
+def package_model(
+    out: Path,
+    model: MemoNet,
+    exemplars: ExemplarSet,
+    *,
+    spec: InputSpec,
+    class_names: Sequence[str],
+    augment: str,
+    total_budget_bytes: int,
+    verify_images: np.ndarray,
+    full: bool = True,
+    source: dict[str, Any] | None = None,
+) -> PackageVersion:
+    """Write ``model`` + ``exemplars`` as a new package (version 1) at ``out``, verified, all or nothing."""
+    manifest = model_manifest(1, model, exemplars, spec=spec, class_names=class_names, augment=augment,
+                              total_budget_bytes=total_budget_bytes, source=source or {})
+    blobs = model_blobs(model, spec, branches=range(model.num_tasks), trunk=True, full=full)
+    tasks = exemplar_tasks(exemplars, manifest.task_classes)
+
+    def verify(version: PackageVersion) -> dict[str, Any]:
+        return verify_package(version, model, verify_images) | {"images_from": manifest.source.get("verification_images", "")}
+
+    written = write_package(out, manifest, blobs, exemplars, tasks, verify=verify)
+    log.info("package %s: version %d, %d files, verified on %d images", out, written.version, len(written.files),
+             len(verify_images))
+    return open_package(out)
 
 
 def engine_graphs(version: PackageVersion) -> list[GraphSpec]:
@@ -145,38 +187,39 @@ def _verification_images(header: dict[str, Any], scenario: Scenario, task: int, 
     return test.take(pick), f"test split of {cfg['dataset']}"
 
 
-def _head_bytes(model: MemoNet) -> bytes:
-    if model.fc is None:
-        raise InputError("the checkpoint holds a model without a classifier")
-    return save_numpy({"weight": model.fc.weight.detach().cpu().numpy(), "bias": model.fc.bias.detach().cpu().numpy()})
-
-
-def _manifest(header: dict[str, Any], scenario: Scenario, task: int, model: MemoNet, exemplars: ExemplarSet,
-              spec: InputSpec, config: ExportConfig, image_source: str) -> Manifest:
-    per_exemplar = exemplar_bytes(spec.shape)
-    model_bytes = memo_model_bytes(model)
-    policy = MemoryPolicy.from_json(header["memory"])
-    seen = model.num_classes
-    capacity = policy.per_class(seen, model_bytes=model_bytes, bytes_per_exemplar=per_exemplar) * seen * per_exemplar
-    total = config.total_budget_bytes if config.total_budget_bytes is not None else model_bytes + capacity
-    if total < model_bytes + exemplars.nbytes:
-        raise InputError(f"total budget {total:,} B is below what task-{task:02d} already holds: model "
+def _total_budget(header: dict[str, Any], model: MemoNet, exemplars: ExemplarSet, spec: InputSpec,
+                  requested: int | None, task: int) -> int:
+    """The device budget: as requested, else the model plus the exemplar memory the run allowed."""
+    model_bytes, per_exemplar = memo_model_bytes(model), exemplar_bytes(spec.shape)
+    if requested is None:
+        policy = MemoryPolicy.from_json(header["memory"])
+        seen = model.num_classes
+        per_class = policy.per_class(seen, model_bytes=model_bytes, bytes_per_exemplar=per_exemplar)
+        requested = model_bytes + per_class * seen * per_exemplar
+    if requested < model_bytes + exemplars.nbytes:
+        raise InputError(f"total budget {requested:,} B is below what task-{task:02d} already holds: model "
                          f"{model_bytes:,} B + exemplars {exemplars.nbytes:,} B")
+    return requested
+
+
+def model_manifest(version: int, model: MemoNet, exemplars: ExemplarSet, *, spec: InputSpec,
+                   class_names: Sequence[str], augment: str, total_budget_bytes: int,
+                   source: dict[str, Any]) -> Manifest:
+    """The manifest of ``model`` (files, verification and digests are filled in when written)."""
+    bounds = np.cumsum([0, *model.task_sizes])
     counts = exemplars.counts()
     return Manifest(
-        version=1,
-        class_names=tuple(header["class_names"][:seen]),
-        task_classes=tuple((scenario.known_before(t), scenario.known_before(t + 1)) for t in range(task + 1)),
+        version=version,
+        class_names=tuple(class_names),
+        task_classes=tuple((int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])),
         input=spec,
         model={"backbone": model.backbone_name, "split": model.split, "feature_dim": model.feature_dim,
-               "task_sizes": list(model.task_sizes), "trunk_frozen": model.trunk_frozen,
-               "train_base": header.get("train_base")},
-        budget=Budget(total_bytes=total, model_bytes=model_bytes, exemplar_bytes=exemplars.nbytes,
-                      bytes_per_exemplar=per_exemplar, exemplars=len(exemplars),
-                      per_class=min(counts.values()) if counts else 0),
+               "task_sizes": list(model.task_sizes), "trunk_frozen": model.trunk_frozen, "augment": augment},
+        budget=Budget(total_bytes=total_budget_bytes, model_bytes=memo_model_bytes(model),
+                      exemplar_bytes=exemplars.nbytes, bytes_per_exemplar=exemplar_bytes(spec.shape),
+                      exemplars=len(exemplars), per_class=min(counts.values()) if counts else 0),
         files=(),
         opset=graphs.OPSET,
         producer=producer_versions() | {"onnx": onnx.__version__, "opset": str(graphs.OPSET)},
-        source={"run": str(config.run_dir.resolve()), "task": task, "scenario": scenario.spec,
-                "verification_images": image_source},
+        source=source,
     )

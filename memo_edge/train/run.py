@@ -154,6 +154,7 @@ def _header(setup: RunSetup) -> dict[str, Any]:
         "class_names": list(ordered_class_names(setup.dataset, scenario)),
         "memory": {**setup.memory.to_json(), "bytes_per_exemplar": exemplar_bytes(setup.dataset.image_shape)},
         "image_shape": list(setup.dataset.image_shape),
+        "augment": setup.dataset.augment,
         "normalization": {"mean": list(setup.dataset.mean), "std": list(setup.dataset.std)},
         "train_base": setup.train_base,
         "device": str(setup.device),
