@@ -18,8 +18,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from memo_edge.export.exporter import engine_graphs
-from memo_edge.export.tensorrt import EngineOptions, ShapeProfile, find_engine, load_tensorrt, probe_environment
+from memo_edge.export.tensorrt import (
+    EngineOptions,
+    ShapeProfile,
+    engine_graphs,
+    find_engine,
+    load_tensorrt,
+    probe_environment,
+)
 from memo_edge.runtime.backends import OrtCpuBackend
 from memo_edge.runtime.package import open_package
 

@@ -24,7 +24,7 @@ from memo_edge.data.datasets import load_dataset
 from memo_edge.data.scenario import Scenario, remap, task_subset
 from memo_edge.errors import InputError
 from memo_edge.export import graphs
-from memo_edge.export.tensorrt import EngineOptions, EngineRecord, GraphSpec, build_engines, probe_environment
+from memo_edge.export.tensorrt import EngineOptions, EngineRecord, build_engines, engine_graphs, probe_environment
 from memo_edge.export.verify import verify_package
 from memo_edge.memory.alignment import exemplar_bytes
 from memo_edge.memory.exemplars import ExemplarSet
@@ -35,7 +35,7 @@ from memo_edge.train.checkpoint import completed_tasks, load_checkpoint
 from memo_edge.train.results import producer_versions
 from memo_edge.train.task import memo_model_bytes
 
-__all__ = ["ExportConfig", "export_run", "engine_graphs", "model_blobs", "model_manifest", "package_model", "exemplar_tasks"]
+__all__ = ["ExportConfig", "export_run", "model_blobs", "model_manifest", "package_model", "exemplar_tasks"]
 
 log = logging.getLogger(__name__)
 
@@ -128,21 +128,6 @@ def package_model(
     log.info("package %s: version %d, %d files, verified on %d images", out, written.version, len(written.files),
              len(verify_images))
     return open_package(out)
-
-
-def engine_graphs(version: PackageVersion) -> list[GraphSpec]:
-    """The graphs TensorRT compiles: trunk and full take images, branches take trunk features."""
-    out = []
-    for entry in version.manifest.files:
-        if entry.role not in ("trunk", "branch", "full"):
-            continue
-        model = onnx.load(str(version.path(entry)), load_external_data=False)
-        dims = model.graph.input[0].type.tensor_type.shape.dim[1:]
-        name = entry.role if entry.task is None else f"branch-{entry.task}"
-        out.append(GraphSpec(name=name, onnx_path=version.path(entry), onnx_sha256=entry.sha256,
-                             input_name=model.graph.input[0].name, input_tail=tuple(d.dim_value for d in dims),
-                             refittable=entry.role == "branch"))
-    return out
 
 
 def _read_header(run_dir: Path) -> dict[str, Any]:

@@ -34,7 +34,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tqdm.auto import tqdm
 
@@ -57,7 +57,13 @@ __all__ = [
     "build_engine",
     "build_engines",
     "find_engine",
+    "graph_name",
+    "graph_spec",
+    "engine_graphs",
 ]
+
+if TYPE_CHECKING:
+    from memo_edge.runtime.package import FileEntry, PackageVersion
 
 log = logging.getLogger(__name__)
 
@@ -464,3 +470,33 @@ def build_engines(
         bar.set_postfix_str(spec.name)
         records.append(_build_or_reuse(Path(package_dir), spec, options, env, trt))
     return records
+
+
+# ---------------------------------------------------------------------------------------------
+# The graphs of a package, as the engine cache describes them (torch-free: the runtime uses this)
+
+ENGINE_ROLES = ("trunk", "branch", "full")
+
+
+def graph_name(entry: FileEntry) -> str:
+    """trunk, full, or branch-K: the name of a graph file in engine caches and backends."""
+    return entry.role if entry.task is None else f"{entry.role}-{entry.task}"
+
+
+def graph_spec(version: PackageVersion, entry: FileEntry) -> GraphSpec:
+    """One graph of a package for TensorRT: trunk and full take images, branches trunk features."""
+    try:
+        import onnx
+    except ImportError:
+        raise MemoEdgeError("onnx is not installed (needed to describe graphs for TensorRT): "
+                            "pip install 'memo-edge[onnx]'") from None
+    path = version.path(entry)
+    graph_input = onnx.load(str(path), load_external_data=False).graph.input[0]
+    dims = graph_input.type.tensor_type.shape.dim[1:]
+    return GraphSpec(name=graph_name(entry), onnx_path=path, onnx_sha256=entry.sha256, input_name=graph_input.name,
+                     input_tail=tuple(d.dim_value for d in dims), refittable=entry.role == "branch")
+
+
+def engine_graphs(version: PackageVersion) -> list[GraphSpec]:
+    """Every graph of ``version`` that TensorRT compiles."""
+    return [graph_spec(version, entry) for entry in version.manifest.files if entry.role in ENGINE_ROLES]
