@@ -319,8 +319,8 @@ def _load_imagefolder(path: Path | None, data_dir: Path | None, download: bool, 
             f"{where}: train/ and val/ class folders differ (only in train: {only_train}, only in val: {only_val})"
         )
     resize_to = round(size * 256 / 224)
-    train = _folder_source(root / "train", classes, size, resize_to, where, require_each=True)
-    test = _folder_source(root / "val", classes, size, resize_to, where, require_each=False)
+    train = folder_source(root / "train", classes, size, resize_to, where, require_each=True)
+    test = folder_source(root / "val", classes, size, resize_to, where, require_each=False)
     name = f"imagefolder:{root.resolve()}"
     return Dataset(name, train, test, tuple(classes), IMAGENET_MEAN, IMAGENET_STD, "imagenet")
 
@@ -334,7 +334,7 @@ def _class_dirs(split_dir: Path, where: str) -> list[str]:
     return classes
 
 
-def _folder_source(
+def folder_source(
     split_dir: Path, classes: list[str], size: int, resize_to: int, where: str, *, require_each: bool
 ) -> FolderSource:
     paths: list[Path] = []

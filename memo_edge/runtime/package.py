@@ -16,11 +16,13 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import os
 import re
+import signal
 import sqlite3
 import struct
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -44,6 +46,7 @@ _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS versions (
     version INTEGER PRIMARY KEY,
+    parent INTEGER REFERENCES versions(version),
     created TEXT NOT NULL,
     manifest TEXT NOT NULL,
     manifest_sha256 TEXT NOT NULL
@@ -51,6 +54,12 @@ CREATE TABLE IF NOT EXISTS versions (
 CREATE TABLE IF NOT EXISTS head (
     id INTEGER PRIMARY KEY CHECK (id = 0),
     version INTEGER NOT NULL REFERENCES versions(version)
+);
+-- The budget of each version, fixed when the version is written.
+CREATE TABLE IF NOT EXISTS budgets (
+    version INTEGER PRIMARY KEY REFERENCES versions(version),
+    total_bytes INTEGER NOT NULL,
+    model_bytes INTEGER NOT NULL CHECK (model_bytes <= total_bytes)
 );
 CREATE TABLE IF NOT EXISTS exemplars (
     version INTEGER NOT NULL REFERENCES versions(version),
@@ -60,6 +69,27 @@ CREATE TABLE IF NOT EXISTS exemplars (
     image BLOB NOT NULL,
     PRIMARY KEY (version, label, rank)
 );
+CREATE TABLE IF NOT EXISTS exemplar_usage (version INTEGER PRIMARY KEY, bytes INTEGER NOT NULL);
+-- The budget rule lives in the database, so no code path can store more exemplar bytes than
+-- total - model bytes of their version: every insert is checked, rows and budgets never change.
+CREATE TRIGGER IF NOT EXISTS exemplar_budget BEFORE INSERT ON exemplars BEGIN
+    SELECT RAISE(ABORT, 'exemplar budget exceeded')
+    WHERE COALESCE((SELECT bytes FROM exemplar_usage WHERE version = NEW.version), 0) + length(NEW.image)
+          > COALESCE((SELECT total_bytes - model_bytes FROM budgets WHERE version = NEW.version), -1);
+END;
+CREATE TRIGGER IF NOT EXISTS exemplar_usage_insert AFTER INSERT ON exemplars BEGIN
+    INSERT INTO exemplar_usage (version, bytes) VALUES (NEW.version, length(NEW.image))
+    ON CONFLICT (version) DO UPDATE SET bytes = bytes + length(NEW.image);
+END;
+CREATE TRIGGER IF NOT EXISTS exemplar_usage_delete AFTER DELETE ON exemplars BEGIN
+    UPDATE exemplar_usage SET bytes = bytes - length(OLD.image) WHERE version = OLD.version;
+END;
+CREATE TRIGGER IF NOT EXISTS exemplars_immutable BEFORE UPDATE ON exemplars BEGIN
+    SELECT RAISE(ABORT, 'exemplar rows are immutable');
+END;
+CREATE TRIGGER IF NOT EXISTS budgets_immutable BEFORE UPDATE ON budgets BEGIN
+    SELECT RAISE(ABORT, 'budgets are immutable');
+END;
 """
 
 
@@ -118,6 +148,7 @@ class Manifest:
     producer: dict[str, str] = field(default_factory=dict)
     source: dict[str, Any] = field(default_factory=dict)
     exemplars_sha256: str = ""  # exemplar_digest() of this version's exemplar rows
+    parent: int | None = None  # the version this one was derived from
     created: str = ""
     format_version: int = FORMAT_VERSION
 
@@ -149,6 +180,7 @@ class Manifest:
             producer=dict(data.get("producer", {})),
             source=dict(data.get("source", {})),
             exemplars_sha256=str(data.get("exemplars_sha256", "")),
+            parent=data.get("parent"),
             created=str(data.get("created", "")),
             format_version=int(data["format_version"]),
         )
@@ -183,7 +215,7 @@ def exemplar_digest(exemplars: ExemplarSet, tasks: np.ndarray) -> str:
 # -- writing ----------------------------------------------------------------------------------------
 
 
-def _connect(path: Path, *, readonly: bool) -> sqlite3.Connection:
+def connect(path: Path, *, readonly: bool) -> sqlite3.Connection:
     uri = f"file:{path}?mode=ro" if readonly else f"file:{path}?mode=rwc"
     conn = sqlite3.connect(uri, uri=True, isolation_level=None)  # explicit BEGIN/COMMIT below
     conn.execute("PRAGMA foreign_keys = ON")
@@ -206,16 +238,32 @@ def _manifest_text(manifest: Manifest) -> str:
 
 
 def add_version(conn: sqlite3.Connection, manifest: Manifest, exemplars: ExemplarSet, tasks: np.ndarray) -> None:
-    """Insert one version with its exemplar rows and make it current, in one transaction."""
+    """Insert one version, its budget and its exemplar rows and make it current, in one transaction."""
     text = _manifest_text(manifest)
     rows = ((manifest.version, int(l), int(r), int(t), sqlite3.Binary(img.tobytes()))
             for l, r, t, img in zip(exemplars.labels, exemplars.ranks, tasks, exemplars.images))
     with transaction(conn):
-        conn.execute("INSERT INTO versions VALUES (?, ?, ?, ?)",
-                     (manifest.version, manifest.created, text, hashlib.sha256(text.encode()).hexdigest()))
-        conn.executemany("INSERT INTO exemplars VALUES (?, ?, ?, ?, ?)", rows)
+        conn.execute("INSERT INTO versions VALUES (?, ?, ?, ?, ?)", (manifest.version, manifest.parent,
+                     manifest.created, text, hashlib.sha256(text.encode()).hexdigest()))
+        conn.execute("INSERT INTO budgets VALUES (?, ?, ?)",
+                     (manifest.version, manifest.budget.total_bytes, manifest.budget.model_bytes))
+        try:
+            conn.executemany("INSERT INTO exemplars VALUES (?, ?, ?, ?, ?)", rows)
+        except sqlite3.IntegrityError as exc:
+            raise PackageError(f"version {manifest.version}: {exc} (exemplars {exemplars.nbytes:,} B, budget "
+                               f"{manifest.budget.total_bytes - manifest.budget.model_bytes:,} B)") from None
         conn.execute("INSERT INTO head VALUES (0, ?) ON CONFLICT(id) DO UPDATE SET version = excluded.version",
                      (manifest.version,))
+        crash_point("before-commit")
+
+
+def crash_point(name: str) -> None:
+    """Fault injection for the crash tests: SIGKILL this process at ``name`` when asked to.
+
+    Set ``MEMO_EDGE_CRASH_AT=<name>``; the points are files-written, before-commit and after-commit.
+    """
+    if os.environ.get("MEMO_EDGE_CRASH_AT") == name:
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def write_package(
@@ -236,12 +284,12 @@ def write_package(
     with atomic_directory(dest) as tmp:
         files = tuple(store_file(tmp, data, role, ext, task) for data, role, ext, task in blobs)
         created = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        final = Manifest(**{**_shallow(manifest), "files": files, "created": created,
-                            "exemplars_sha256": exemplar_digest(exemplars, tasks)})
+        final = replace(manifest, files=files, created=created, exemplars_sha256=exemplar_digest(exemplars, tasks))
         if verify is not None:
-            final = Manifest(**{**_shallow(final), "verification": verify(PackageVersion(tmp, final))})
-        conn = _connect(tmp / CATALOG, readonly=False)
+            final = replace(final, verification=verify(PackageVersion(tmp, final)))
+        conn = connect(tmp / CATALOG, readonly=False)
         try:
+            # WAL: readers keep reading their version while an update commits the next one.
             conn.execute("PRAGMA journal_mode = WAL")
             conn.executescript(_SCHEMA)
             with transaction(conn):
@@ -251,10 +299,6 @@ def write_package(
         finally:
             conn.close()
     return final
-
-
-def _shallow(manifest: Manifest) -> dict[str, Any]:
-    return {f: getattr(manifest, f) for f in manifest.__dataclass_fields__}
 
 
 # -- reading ----------------------------------------------------------------------------------------
@@ -272,7 +316,7 @@ class PackageVersion:
 
     def exemplars(self) -> tuple[ExemplarSet, np.ndarray]:
         """The version's exemplar set and the task of each row."""
-        conn = _connect(self.root / CATALOG, readonly=True)
+        conn = connect(self.root / CATALOG, readonly=True)
         try:
             rows = conn.execute("SELECT label, rank, task, image FROM exemplars WHERE version = ? ORDER BY label, rank",
                                 (self.manifest.version,)).fetchall()
@@ -304,7 +348,7 @@ def open_package(root: Path, *, version: int | None = None, verify: bool = True)
     if not catalog.is_file():
         raise PackageError(f"{root} is not a memo-edge package ({CATALOG} missing)")
     try:
-        conn = _connect(catalog, readonly=True)
+        conn = connect(catalog, readonly=True)
         try:
             fmt = conn.execute("SELECT value FROM meta WHERE key = 'format_version'").fetchone()
             if version is None:
