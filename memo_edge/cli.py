@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+import numpy as np
 
 from memo_edge import __version__
 from memo_edge.errors import InputError, MemoEdgeError
@@ -183,6 +184,81 @@ def info(package: Path, version: int | None, as_json: bool) -> None:
 
     pkg = open_package(package, version=version)
     click.echo(json.dumps(pkg.manifest.to_json(), indent=2) if as_json else format_info(pkg))
+
+
+def _backend_option(f: Any) -> Any:
+    return click.option("--backend", default="auto", show_default=True,
+                        help="auto, tensorrt, ort-trt, ort-cuda or ort-cpu (auto: the fastest available).")(f)
+
+
+@main.command()
+@click.argument("package", type=click.Path(path_type=Path, file_okay=False, exists=True))
+@click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path, exists=True))
+@click.option("--top", type=click.IntRange(min=1), default=1, show_default=True, help="Classes to report per image.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True, help="Images per batch.")
+@_backend_option
+def predict(package: Path, inputs: tuple[Path, ...], top: int, batch_size: int, backend: str) -> None:
+    """Classify images (files, directories of images, or npz files with x); one JSON line per image."""
+    from memo_edge.runtime.predict import load, read_inputs
+
+    rt = load(package, backend=backend)
+    manifest = rt.package.manifest
+    logging.getLogger(__name__).info("package version %d, backend %s", manifest.version, rt.backend.name)
+    for names, images in read_inputs(list(inputs), manifest.input, manifest.model.get("augment", "cifar"), batch_size):
+        _, scores = rt.predict(images)
+        order = np.argsort(-scores, axis=1)[:, :top]
+        for name, row, best in zip(names, scores, order):
+            classes = [{"label": int(k), "class": rt.class_names[k], "score": round(float(row[k]), 6)} for k in best]
+            click.echo(json.dumps({"input": name, "top": classes}))
+
+
+@main.command()
+@click.argument("package", type=click.Path(path_type=Path, file_okay=False, exists=True))
+@click.option("--data", required=True, help="New classes: DIR/<class>/*.png, npz:DIR or imagefolder:DIR.")
+@click.option("--epochs", type=click.IntRange(min=1), default=30, show_default=True, help="Training epochs.")
+@click.option("--batch-size", type=click.IntRange(min=2), default=128, show_default=True, help="Training batch size.")
+@click.option("--schedule", type=click.Choice(["step", "cosine"]), default="cosine", show_default=True,
+              help="Learning-rate schedule.")
+@click.option("--train-base/--freeze-base", default=False, show_default=True,
+              help="Also train the shared trunk (re-exports it) or keep it frozen.")
+@click.option("--device", help="cpu, cuda or cuda:N  [default: cuda when available]")
+@click.option("--seed", type=int, default=1993, show_default=True, help="Training seed.")
+def update(package: Path, **options: Any) -> None:
+    """Learn a new task on this device and append it as a new package version (same memory budget)."""
+    from memo_edge.runtime.update import UpdateConfig, update_package
+
+    version = update_package(UpdateConfig(package=package, **options))
+    m, v = version.manifest, version.manifest.verification["graphs"]["end_to_end"]
+    click.echo(f"package {package}: version {m.version} with {len(m.task_classes)} tasks, {len(m.class_names)} classes; "
+               f"exemplars {m.budget.exemplars} ({m.budget.per_class}/class, {m.budget.exemplar_bytes:,} B) + model "
+               f"{m.budget.model_bytes:,} B <= budget {m.budget.total_bytes:,} B; verified (max logit difference "
+               f"{v['max_abs_diff']:.1e})")
+
+
+@main.command()
+@click.argument("package", type=click.Path(path_type=Path, file_okay=False, exists=True))
+def rollback(package: Path) -> None:
+    """Make the previous package version current again."""
+    from memo_edge.runtime.versions import rollback as rollback_package
+
+    click.echo(f"package {package}: version {rollback_package(package)} is current")
+
+
+@main.command()
+@click.argument("package", type=click.Path(path_type=Path, file_okay=False, exists=True))
+@click.option("--batch", default="1,8,64", show_default=True, help="Comma-separated batch sizes.")
+@click.option("--backend", "backends", multiple=True, default=["auto"], show_default=True,
+              help="Backend(s) to measure; repeat the option for several.")
+@click.option("--iterations", type=click.IntRange(min=1), default=50, show_default=True, help="Timed runs per batch.")
+def bench(package: Path, batch: str, backends: tuple[str, ...], iterations: int) -> None:
+    """Latency p50/p95, throughput and peak memory per backend and batch size."""
+    from memo_edge.runtime.bench import bench as run_bench, format_bench
+
+    try:
+        batches = [int(b) for b in batch.split(",") if b.strip()]
+    except ValueError:
+        raise InputError(f"--batch: expected comma-separated sizes like 1,8,64, got {batch!r}") from None
+    click.echo(format_bench(run_bench(package, backends=backends, batches=batches, iterations=iterations)))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,156 @@
+"""``memo-edge update``: learn a new task on the device and append it to the package.
+
+The only runtime module that imports torch (on-device training). It calls the trainer's own task
+step (``memo_edge.train.task.learn_task``) with the package's byte budget as the memory rule, so a
+new branch's bytes come out of the exemplar memory, and commits the result as a new version.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+
+from memo_edge.data.datasets import folder_source, load_dataset
+from memo_edge.data.sources import FolderSource, ImageSource
+from memo_edge.errors import InputError
+from memo_edge.export.exporter import exemplar_tasks, model_blobs, model_manifest
+from memo_edge.export.verify import verify_package
+from memo_edge.memory.alignment import count_parameters
+from memo_edge.memory.policy import MemoryPolicy
+from memo_edge.model import MemoNet, create_backbone
+from memo_edge.runtime.package import Manifest, PackageVersion, open_package
+from memo_edge.runtime.versions import append_version, collect_garbage
+from memo_edge.train.augment import TestTransform, build_augment
+from memo_edge.train.recipe import paper_recipe
+from memo_edge.train.run import select_device
+from memo_edge.train.task import Transforms, learn_task
+
+__all__ = ["UpdateConfig", "update_package", "branch_bytes", "check_budget", "load_new_classes"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class UpdateConfig:
+    package: Path
+    data: str  # npz:DIR, imagefolder:DIR (its train/ split), or DIR of class folders
+    epochs: int = 30
+    batch_size: int = 128
+    schedule: str = "cosine"
+    train_base: bool = False  # on the device the trunk stays frozen unless asked
+    device: str | None = None
+    seed: int = 1993
+    verify_images: int = 256
+
+
+def branch_bytes(manifest: Manifest) -> int:
+    """Bytes one more branch adds to the model side of the budget."""
+    spec = create_backbone(manifest.model["backbone"], split=manifest.model["split"])
+    return 4 * count_parameters(spec.new_branch())
+
+
+def check_budget(manifest: Manifest, new_classes: int) -> None:
+    """Refuse (before any training) a task whose branch leaves less than one exemplar per class."""
+    b = manifest.budget
+    model_after = b.model_bytes + branch_bytes(manifest)
+    seen = len(manifest.class_names) + new_classes
+    needed = model_after + seen * b.bytes_per_exemplar
+    if needed > b.total_bytes:
+        raise InputError(
+            f"the budget cannot fit another task: model {model_after:,} B + one exemplar for each of {seen} classes "
+            f"({seen * b.bytes_per_exemplar:,} B) needs {needed:,} B of {b.total_bytes:,} B; "
+            f"{needed - b.total_bytes:,} B missing. Nothing was changed."
+        )
+
+
+def load_new_classes(spec: str, manifest: Manifest) -> tuple[ImageSource, tuple[str, ...]]:
+    """The new task's training images (labels 0..k-1) and class names; names must be new."""
+    inp = manifest.input
+    if spec.startswith(("npz:", "imagefolder:")):
+        dataset = load_dataset(spec, image_size=inp.height if spec.startswith("imagefolder:") else None)
+        source, names = dataset.train, dataset.class_names
+    else:
+        source, names = _class_folders(Path(spec), inp.height, manifest.model.get("augment", "cifar"))
+    if source.image_shape != inp.shape:
+        raise InputError(f"{spec}: images are {source.image_shape}, the package expects {inp.shape}")
+    clash = sorted(set(names) & set(manifest.class_names))
+    if clash:
+        raise InputError(f"{spec}: class names already in the package: {', '.join(clash[:10])}; new classes need new names")
+    if len(names) < 2:
+        raise InputError(f"{spec}: a task needs at least 2 new classes (MEMO's auxiliary classifier), found {len(names)}")
+    return source, tuple(names)
+
+
+def _class_folders(root: Path, size: int, augment: str) -> tuple[FolderSource, tuple[str, ...]]:
+    if not root.is_dir():
+        raise InputError(f"{root}: no such directory (give DIR/<class>/*.png, npz:DIR or imagefolder:DIR)")
+    names = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    resize_to = size if augment == "cifar" else round(size * 256 / 224)
+    return folder_source(root, names, size, resize_to, str(root), require_each=True), tuple(names)
+
+
+def _load_model(version: PackageVersion) -> MemoNet:
+    m = version.manifest
+    model = MemoNet.with_tasks(m.model["backbone"], list(m.model["task_sizes"]), split=m.model["split"])
+    entry = m.file("weights")
+    if entry is None:
+        raise InputError(f"{version.root}: the package has no training weights; it cannot learn on the device")
+    try:
+        model.load_state_dict(load_file(str(version.path(entry))))
+    except (SafetensorError, RuntimeError) as exc:
+        raise InputError(f"{version.path(entry)}: training weights do not fit the manifest's model: {exc}") from None
+    model.freeze_old_branches()
+    if m.model.get("trunk_frozen"):
+        model.freeze_trunk()
+    return model
+
+
+def update_package(config: UpdateConfig) -> PackageVersion:
+    """Train one new task on this device and commit it as the package's next version."""
+    version = open_package(config.package)
+    m = version.manifest
+    new_data, new_names = load_new_classes(config.data, m)
+    check_budget(m, len(new_names))
+    device = select_device(config.device)
+    torch.manual_seed(config.seed)
+    generator = torch.Generator().manual_seed(config.seed)
+    model = _load_model(version)
+    exemplars, _ = version.exemplars()
+    known = len(m.class_names)
+    augment = m.model.get("augment", "cifar")
+    transforms = Transforms(build_augment(augment, m.input.mean, m.input.std, m.input.height),
+                            TestTransform(m.input.mean, m.input.std))
+    recipe = paper_recipe(1, epochs=config.epochs, schedule=config.schedule, batch_size=config.batch_size)  # type: ignore[arg-type]
+    result = learn_task(
+        model, new_data.with_labels(new_data.labels + known), exemplars, num_new=len(new_names), recipe=recipe,
+        train_base=config.train_base, memory=MemoryPolicy("bytes", m.budget.total_bytes), transforms=transforms,
+        device=device, generator=generator, desc=f"task {model.num_tasks}",
+    )
+    model = model.cpu().eval()
+    manifest = replace(
+        model_manifest(m.version + 1, model, result.exemplars, spec=m.input, class_names=(*m.class_names, *new_names),
+                       augment=augment, total_budget_bytes=m.budget.total_bytes,
+                       source={**m.source, "update": {"data": config.data, "epochs": config.epochs,
+                                                      "train_base": config.train_base}}),
+        parent=m.version,
+    )
+    new_task = model.num_tasks - 1
+    blobs = model_blobs(model, m.input, branches=[new_task], trunk=config.train_base, full=m.file("full") is not None)
+    kept = [f for f in m.files if (f.role == "trunk" and not config.train_base) or f.role == "branch"]
+    rng = np.random.default_rng(config.seed)
+    sample = rng.permutation(len(new_data))[: config.verify_images // 2]
+    images = np.concatenate([new_data.take(np.sort(sample)), result.exemplars.images[: config.verify_images // 2]])
+
+    def verify(candidate: PackageVersion) -> dict:
+        return verify_package(candidate, model, images) | {"images_from": "new task data + exemplars"}
+
+    committed = append_version(config.package, manifest, blobs, kept, result.exemplars,
+                               exemplar_tasks(result.exemplars, manifest.task_classes), verify=verify)
+    collect_garbage(config.package)
+    return committed

@@ -1,0 +1,268 @@
+"""The runtime: torch-free prediction, on-device updates inside the budget, versions, crash safety."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from memo_edge.cli import main
+from memo_edge.data.datasets import load_dataset
+from memo_edge.data.scenario import make_class_order
+from memo_edge.errors import InputError
+from memo_edge.runtime import PackageError, load, open_package
+from memo_edge.runtime.package import CATALOG
+from memo_edge.runtime.versions import list_versions
+
+ORDER = make_class_order(10)  # the digits' class order of the reference protocol (seed 1993)
+TRAIN = ["--backbone", "resnet8", "--init-epochs", "8", "--epochs", "8", "--batch-size", "32",
+         "--schedule", "cosine", "--freeze-base", "--device", "cpu"]
+UPDATE = ["--epochs", "8", "--batch-size", "32", "--schedule", "cosine", "--device", "cpu"]
+
+
+def invoke(*args: object):
+    result = CliRunner().invoke(main, [str(a) for a in args])
+    return result
+
+
+def ok(*args: object):
+    result = invoke(*args)
+    assert result.exit_code == 0, result.output
+    return result
+
+
+def write_npz(root: Path, classes: list[int], names: list[str] | None = None) -> Path:
+    """digits images of ``classes`` (original ids) as an npz dataset, labelled 0..k-1 in that order."""
+    digits = load_dataset("digits")
+    root.mkdir(parents=True)
+    files = []
+    for split, source in (("train", digits.train), ("test", digits.test)):
+        keep = np.flatnonzero(np.isin(source.labels, classes))
+        y = np.array([classes.index(int(c)) for c in source.labels[keep]])
+        np.savez(root / f"{split}-00.npz", x=source.take(keep), y=y)
+        files.append({"file": f"{split}-00.npz", "sha256": hashlib.sha256((root / f"{split}-00.npz").read_bytes()).hexdigest()})
+    names = names or [str(c) for c in classes]
+    (root / "meta.json").write_text(json.dumps({"class_names": names, "files": files}))
+    return root
+
+
+def accuracy_on_all_digits(package: Path) -> float:
+    rt = load(package, backend="ort-cpu")
+    test = load_dataset("digits").test
+    labels, _ = rt.predict(test.take(np.arange(len(test))))
+    predicted = np.array([int(rt.class_names[k]) for k in labels])
+    return 100.0 * float(np.mean(predicted == test.labels))
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Tasks 1-3 (6 classes) trained and exported; tasks 4 and 5 as npz datasets for the device."""
+    root = tmp_path_factory.mktemp("runtime")
+    first = write_npz(root / "first6", list(ORDER[:6]))
+    ok("train", "--dataset", f"npz:{first}", "--scenario", "B0Inc2", "--no-shuffle", "--memory", "200",
+       "--out", root / "run", *TRAIN)
+    # Budget: the model after 5 tasks + 200 exemplars, as a DER-style total fixed at export.
+    run_model = json.loads((root / "run" / "results.json").read_text())["tasks"][-1]["model_bytes"]
+    branch = (run_model - 4 * 19_088) // 3
+    total = run_model + 2 * branch + 200 * 3072
+    ok("export", root / "run", "--out", root / "pkg", "--total-budget", total)
+    return {"root": root, "pkg": root / "pkg", "task4": write_npz(root / "task4", list(ORDER[6:8])),
+            "task5": write_npz(root / "task5", list(ORDER[8:10]))}
+
+
+def _copy(package: Path, dest: Path) -> Path:
+    import shutil
+
+    shutil.copytree(package, dest)
+    return dest
+
+
+def _exemplar_rows(package: Path, version: int) -> dict[int, list[bytes]]:
+    conn = sqlite3.connect(package / CATALOG)
+    rows = conn.execute("SELECT label, rank, image FROM exemplars WHERE version = ? ORDER BY label, rank",
+                        (version,)).fetchall()
+    conn.close()
+    out: dict[int, list[bytes]] = {}
+    for label, _, image in rows:
+        out.setdefault(label, []).append(image)
+    return out
+
+
+@pytest.mark.slow
+def test_updates_on_the_device_stay_in_budget_and_match_a_workstation_run(base: dict[str, Path], tmp_path: Path) -> None:
+    pkg = _copy(base["pkg"], tmp_path / "pkg")
+    total = open_package(pkg).manifest.budget.total_bytes
+    for version, task in ((2, "task4"), (3, "task5")):
+        before = _exemplar_rows(pkg, version - 1)
+        ok("update", pkg, "--data", f"npz:{base[task]}", *UPDATE)
+        m = open_package(pkg).manifest
+        assert m.version == version and m.budget.total_bytes == total
+        assert m.budget.model_bytes + m.budget.exemplar_bytes <= total
+        after = _exemplar_rows(pkg, version)
+        for label, images in before.items():  # every old class keeps its herding prefix
+            assert 1 <= len(after[label]) <= len(images) and after[label] == images[: len(after[label])]
+    assert len(open_package(pkg).manifest.class_names) == 10
+
+    device = accuracy_on_all_digits(pkg)
+    full = tmp_path / "full"
+    ok("train", "--dataset", "digits", "--scenario", "B0Inc2", "--class-order", ",".join(map(str, ORDER)),
+       "--memory", "200", "--out", full, *TRAIN)
+    workstation = json.loads((full / "results.json").read_text())["summary"]["last_accuracy"]
+    print(f"10-class accuracy: device updates {device:.1f}%, one workstation run {workstation:.1f}%")
+    assert device > 50.0  # chance: 10%
+    assert abs(device - workstation) <= 10.0
+
+
+def test_runtime_predictions_equal_the_exported_onnx_results(base: dict[str, Path]) -> None:
+    from memo_edge.runtime.backends import OrtCpuBackend
+    from memo_edge.runtime.head import softmax
+
+    version = open_package(base["pkg"])
+    images = load_dataset("digits").test.take(np.arange(64))
+    labels, scores = load(base["pkg"]).predict(images)
+    reference = softmax(OrtCpuBackend(version).logits(images))
+    np.testing.assert_allclose(scores, reference, rtol=1e-6, atol=1e-7)
+    assert np.array_equal(labels, reference.argmax(1))
+    # float NCHW in [0, 1] gives the same answer as the uint8 images it came from
+    as_float = images.transpose(0, 3, 1, 2).astype(np.float32) / 255.0
+    assert np.array_equal(load(base["pkg"]).predict(as_float)[0], labels)
+
+
+def test_bad_batches_are_refused_with_the_expected_shape(base: dict[str, Path]) -> None:
+    rt = load(base["pkg"])
+    for bad in (np.zeros((2, 28, 28, 3), np.uint8), np.zeros((2, 32, 32), np.uint8), np.zeros((2, 32, 32, 3), np.int64)):
+        with pytest.raises(InputError, match=r"uint8 \[N,32,32,3\]"):
+            rt.predict(bad)
+
+
+def test_predict_never_imports_torch(base: dict[str, Path]) -> None:
+    code = ("import sys, numpy as np, memo_edge.runtime as rt\n"
+            f"r = rt.load({str(base['pkg'])!r})\n"
+            "r.predict(np.zeros((3, 32, 32, 3), np.uint8))\n"
+            "assert 'torch' not in sys.modules, sorted(m for m in sys.modules if 'torch' in m)\n")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_predict_cli_writes_json_lines(base: dict[str, Path], tmp_path: Path) -> None:
+    from PIL import Image
+
+    images = load_dataset("digits").test.take(np.arange(3))
+    for i, im in enumerate(images):
+        Image.fromarray(im).save(tmp_path / f"{i}.png")
+    np.savez(tmp_path / "batch.npz", x=images)
+    result = invoke("predict", base["pkg"], tmp_path / "0.png", tmp_path / "batch.npz", "--top", "3")
+    lines = [json.loads(line) for line in result.output.strip().splitlines()]
+    assert result.exit_code == 0 and len(lines) == 4
+    assert all(len(line["top"]) == 3 and line["top"][0]["score"] >= line["top"][1]["score"] for line in lines)
+    assert lines[0]["top"][0]["class"] == lines[1]["top"][0]["class"]  # same image as file and in the npz
+
+
+def _snapshot(package: Path) -> tuple[list, dict[str, bytes]]:
+    return [v.version for v in list_versions(package)], {p.name: p.read_bytes() for p in package.iterdir() if p.is_file()
+                                                         and p.suffix in (".onnx", ".safetensors")}
+
+
+def test_class_name_clash_is_refused_and_nothing_changes(base: dict[str, Path], tmp_path: Path) -> None:
+    pkg = _copy(base["pkg"], tmp_path / "pkg")
+    clash = write_npz(tmp_path / "clash", list(ORDER[6:8]), names=[str(ORDER[0]), "new"])
+    before = _snapshot(pkg)
+    result = invoke("update", pkg, "--data", f"npz:{clash}", *UPDATE)
+    assert result.exit_code == 2 and "already in the package" in result.output and str(ORDER[0]) in result.output
+    assert _snapshot(pkg) == before
+
+
+def test_a_task_the_budget_cannot_fit_is_refused_before_training(base: dict[str, Path], tmp_path: Path) -> None:
+    from memo_edge.export.exporter import package_model
+    from memo_edge.train.checkpoint import load_checkpoint
+
+    # One exemplar per class and not a byte more: the next branch cannot fit.
+    ckpt, m = load_checkpoint(base["root"] / "run", 2), open_package(base["pkg"]).manifest
+    exemplars = ckpt.exemplars.reduce(1)
+    pkg = tmp_path / "tight"
+    package_model(pkg, ckpt.model, exemplars, spec=m.input, class_names=m.class_names, augment="cifar",
+                  total_budget_bytes=m.budget.model_bytes + exemplars.nbytes, verify_images=exemplars.images)
+    before = _snapshot(pkg)
+    result = invoke("update", pkg, "--data", f"npz:{base['task4']}", *UPDATE)
+    assert result.exit_code == 2 and "B missing" in result.output and "Nothing was changed" in result.output
+    assert _snapshot(pkg) == before
+
+
+def test_the_database_refuses_exemplars_beyond_the_budget(base: dict[str, Path], tmp_path: Path) -> None:
+    pkg = _copy(base["pkg"], tmp_path / "pkg")
+    b = open_package(pkg).manifest.budget
+    room = b.total_bytes - b.model_bytes - b.exemplar_bytes
+    conn = sqlite3.connect(pkg / CATALOG)
+    with pytest.raises(sqlite3.IntegrityError, match="exemplar budget exceeded"):
+        conn.execute("INSERT INTO exemplars VALUES (1, 0, 999, 0, ?)", (b"\0" * (room + 1),))
+    with pytest.raises(sqlite3.IntegrityError, match="immutable"):
+        conn.execute("UPDATE exemplars SET image = image || image WHERE version = 1")
+    conn.close()
+
+
+def _update_in_subprocess(package: Path, data: Path, crash_at: str | None, *, kill_after: float | None = None) -> int:
+    """Run ``update`` in a child; it kills itself at ``crash_at``, or is killed after ``kill_after`` s."""
+    env = {**os.environ, **({"MEMO_EDGE_CRASH_AT": crash_at} if crash_at else {})}
+    epochs = "500" if kill_after is not None else "2"  # long enough to be killed mid-training
+    cmd = [sys.executable, "-m", "memo_edge.cli", "update", str(package), "--data", f"npz:{data}",
+           "--epochs", epochs, "--batch-size", "32", "--device", "cpu"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    if kill_after is not None:
+        time.sleep(kill_after)
+        proc.send_signal(signal.SIGKILL)
+    return proc.wait(timeout=300)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("crash_at", ["training", "files-written", "before-commit"])
+def test_a_killed_update_leaves_the_previous_version_usable(base: dict[str, Path], tmp_path: Path, crash_at: str) -> None:
+    pkg = _copy(base["pkg"], tmp_path / "pkg")
+    expected = load(pkg).predict(load_dataset("digits").test.take(np.arange(32)))[1]
+    code = _update_in_subprocess(pkg, base["task4"], None if crash_at == "training" else crash_at,
+                                 kill_after=6.0 if crash_at == "training" else None)
+    assert code == -signal.SIGKILL
+    version = open_package(pkg)  # verifies every file of the current version
+    assert version.manifest.version == 1 and [v.version for v in list_versions(pkg)] == [1]
+    np.testing.assert_array_equal(load(pkg).predict(load_dataset("digits").test.take(np.arange(32)))[1], expected)
+    # ... and the next update still works, collecting what the killed one left behind.
+    ok("update", pkg, "--data", f"npz:{base['task4']}", "--epochs", "1", "--device", "cpu")
+    assert open_package(pkg).manifest.version == 2
+    assert not list(pkg.glob(".*.tmp"))
+
+
+@pytest.mark.slow
+def test_kill_right_after_the_commit_leaves_the_new_version(base: dict[str, Path], tmp_path: Path) -> None:
+    pkg = _copy(base["pkg"], tmp_path / "pkg")
+    assert _update_in_subprocess(pkg, base["task4"], "after-commit") == -signal.SIGKILL
+    assert open_package(pkg).manifest.version == 2
+    assert load(pkg).predict(np.zeros((1, 32, 32, 3), np.uint8))[1].shape == (1, 8)
+
+
+@pytest.mark.slow
+def test_rollback_and_garbage_collection(base: dict[str, Path], tmp_path: Path) -> None:
+    pkg = _copy(base["pkg"], tmp_path / "pkg")
+    ok("update", pkg, "--data", f"npz:{base['task4']}", "--epochs", "1", "--device", "cpu")
+    ok("update", pkg, "--data", f"npz:{base['task5']}", "--epochs", "1", "--device", "cpu")
+    # Only the last 2 versions are kept, with exactly the files they reference.
+    assert [v.version for v in list_versions(pkg)] == [2, 3]
+    with pytest.raises(PackageError, match="no version 1"):
+        open_package(pkg, version=1)
+    referenced = {f.name for v in (2, 3) for f in open_package(pkg, version=v).manifest.files}
+    assert {p.name for p in pkg.iterdir() if p.suffix in (".onnx", ".safetensors")} == referenced
+
+    result = ok("rollback", pkg)
+    assert "version 2 is current" in result.output
+    rt = load(pkg)
+    assert rt.package.manifest.version == 2 and len(rt.class_names) == 8
+    assert rt.predict(np.zeros((1, 32, 32, 3), np.uint8))[1].shape == (1, 8)
+    result = invoke("rollback", pkg)
+    assert result.exit_code == 2 and "nothing to roll back" in result.output
