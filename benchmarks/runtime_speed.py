@@ -1,0 +1,197 @@
+"""Inference speed of MEMO ResNet-32 at T = 1, 5, 10 tasks: ONNX Runtime (CPU) vs PyTorch eager.
+
+For each T: a randomly initialised ``MemoNet("resnet32")`` expanded T times by 10 classes (speed
+does not depend on the weights), written as a package with ``package_model`` (verified as in
+export). Then, in this one process, on the same random uint8 CIFAR-sized batches:
+
+- ONNX Runtime: ``create_backend("ort-cpu", open_package(pkg)).logits`` (the runtime's path:
+  uint8 NHWC in, preprocessing inside the graph, full.onnx when the package has it);
+- PyTorch eager: ``model.eval()`` under ``torch.inference_mode()``, the same uint8 batch through
+  the export's ``Preprocess`` (the same arithmetic), logits back as numpy.
+
+Latency at batch 1 (p50/p95 of the timed calls) and throughput at batch 64 (images / total time),
+after warm-up calls. Then the peak RSS of a torch-free predicting process: a fresh Python that
+imports only ``memo_edge.runtime``, opens the T=10 package and predicts one batch of 64 (its own
+peak: VmHWM, since ``ru_maxrss`` would carry over this torch process's peak through fork/exec).
+Thread counts are left at their defaults and reported.
+
+    .venv/bin/python benchmarks/runtime_speed.py [--iterations 50] [--write docs/benchmarks.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import onnxruntime
+import torch
+
+from memo_edge.export.exporter import package_model
+from memo_edge.export.graphs import Preprocess
+from memo_edge.memory.exemplars import ExemplarSet
+from memo_edge.model import MemoNet
+from memo_edge.runtime.backends import create_backend
+from memo_edge.runtime.package import InputSpec, PackageVersion, open_package
+from memo_edge.train.task import memo_model_bytes
+
+from _report import cpu_name, write_section  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+
+CIFAR = InputSpec(32, 32, 3, (0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761))
+TARGETS = {"speedup_b1": 3.0, "speedup_b64": 1.5, "rss_mb": 200.0}  # at T = 10, from the runtime issue
+
+RSS_CODE = """
+import json, sys
+import numpy as np
+from memo_edge.runtime.backends import create_backend
+from memo_edge.runtime.bench import peak_rss_mb
+from memo_edge.runtime.package import open_package
+backend = create_backend("ort-cpu", open_package(sys.argv[1]))
+logits = backend.logits(np.random.default_rng(0).integers(0, 256, (64, 32, 32, 3), dtype=np.uint8))
+assert logits.shape[0] == 64 and "torch" not in sys.modules, "torch was imported"
+print(json.dumps({"peak_rss_mb": peak_rss_mb()}))
+"""
+
+
+def build(tasks: int, out: Path) -> tuple[MemoNet, PackageVersion]:
+    torch.manual_seed(0)
+    model = MemoNet("resnet32")
+    for _ in range(tasks):
+        model.expand(10)
+    model.eval()
+    rng = np.random.default_rng(0)
+    labels = np.arange(model.num_classes, dtype=np.int64)  # one random "exemplar" per class
+    exemplars = ExemplarSet(rng.integers(0, 256, (len(labels), *CIFAR.shape), dtype=np.uint8), labels,
+                            np.zeros(len(labels), np.int64))
+    version = package_model(
+        out, model, exemplars, spec=CIFAR, class_names=[f"c{i}" for i in range(model.num_classes)], augment="cifar",
+        total_budget_bytes=memo_model_bytes(model) + exemplars.nbytes,
+        verify_images=rng.integers(0, 256, (16, *CIFAR.shape), dtype=np.uint8),
+    )
+    return model, version
+
+
+def timings(fn: Callable[[np.ndarray], np.ndarray], images: np.ndarray, iterations: int, warmup: int) -> np.ndarray:
+    out = []
+    for i in range(warmup + iterations):
+        start = time.perf_counter()
+        fn(images)
+        if i >= warmup:
+            out.append(time.perf_counter() - start)
+    return np.array(out)
+
+
+def measure(tasks: int, workdir: Path, args: argparse.Namespace) -> dict[str, float]:
+    model, version = build(tasks, workdir / f"pkg-T{tasks}")
+    ort = create_backend("ort-cpu", open_package(version.root)).logits
+    preprocess = Preprocess(CIFAR.mean, CIFAR.std)
+
+    def eager(images: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            return model(preprocess(torch.from_numpy(images))).logits.numpy()
+
+    rng = np.random.default_rng(1)
+    one = rng.integers(0, 256, (1, *CIFAR.shape), dtype=np.uint8)
+    many = rng.integers(0, 256, (64, *CIFAR.shape), dtype=np.uint8)
+    assert np.allclose(ort(many), eager(many), atol=1e-3), "ORT and eager disagree"
+    row: dict[str, float] = {"tasks": tasks}
+    for name, fn in (("ort", ort), ("eager", eager)):  # one after the other, never interleaved
+        b1 = timings(fn, one, args.iterations, args.warmup) * 1e3
+        b64 = timings(fn, many, args.iterations_64, args.warmup)
+        row |= {f"{name}_b1_p50": float(np.percentile(b1, 50)), f"{name}_b1_p95": float(np.percentile(b1, 95)),
+                f"{name}_b64_ips": 64 * len(b64) / float(b64.sum())}
+    return row
+
+
+def predict_rss(package: Path) -> float:
+    root = str(Path(__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    out = subprocess.run([sys.executable, "-c", RSS_CODE, str(package)], capture_output=True, text=True, env=env, check=True)
+    return float(json.loads(out.stdout.strip().splitlines()[-1])["peak_rss_mb"])
+
+
+def physical_cores() -> int:
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return os.cpu_count() or 1
+    cores, phys = set(), "0"
+    for line in lines:
+        key, _, value = line.partition(":")
+        if key.strip() == "physical id":
+            phys = value.strip()
+        elif key.strip() == "core id":
+            cores.add((phys, value.strip()))
+    return len(cores) or os.cpu_count() or 1
+
+
+def verdict(value: float, target: float, *, below: bool = False) -> str:
+    met = value < target if below else value >= target
+    return f"{'met' if met else 'NOT met'} ({value:.2f} vs {'<' if below else '>='} {target:g})"
+
+
+def to_markdown(rows: list[dict[str, float]], rss: float, args: argparse.Namespace) -> str:
+    last = rows[-1]
+    lines = [
+        "## Inference speed: ONNX Runtime (CPU) vs PyTorch eager, MEMO ResNet-32, CIFAR-sized images",
+        "",
+        f"- when: {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC",
+        f"- where: {cpu_name()}, {os.cpu_count()} logical CPUs ({physical_cores()} physical cores), Python "
+        f"{platform.python_version()}, torch {torch.__version__} ({torch.get_num_threads()} intra-op threads, its default), "
+        f"onnxruntime {onnxruntime.__version__} (intra-op threads left at its default: one per physical core)",
+        f"- what: logits of random uint8 32x32x3 images, preprocessing included on both sides; ORT through "
+        f"`create_backend(\"ort-cpu\", package).logits` (full graph), eager = `MemoNet` in eval mode under "
+        f"`torch.inference_mode()`; random weights (speed only); {args.warmup} warm-up calls, then "
+        f"{args.iterations} timed calls at batch 1 and {args.iterations_64} at batch 64",
+        f"- command: `.venv/bin/python benchmarks/runtime_speed.py --iterations {args.iterations} "
+        f"--iterations-64 {args.iterations_64} --write {args.write}`",
+        "",
+        "| tasks | ORT b1 p50 / p95 (ms) | eager b1 p50 / p95 (ms) | speed-up b1 (p50) | ORT b64 (img/s) | "
+        "eager b64 (img/s) | speed-up b64 |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(f"| {r['tasks']} | {r['ort_b1_p50']:.2f} / {r['ort_b1_p95']:.2f} | {r['eager_b1_p50']:.2f} / "
+                     f"{r['eager_b1_p95']:.2f} | {r['eager_b1_p50'] / r['ort_b1_p50']:.2f}x | {r['ort_b64_ips']:.0f} | "
+                     f"{r['eager_b64_ips']:.0f} | {r['ort_b64_ips'] / r['eager_b64_ips']:.2f}x |")
+    lines += [
+        "",
+        f"Peak RSS of a torch-free process that opens the T={last['tasks']} package and predicts a batch of 64 "
+        f"with ort-cpu: **{rss:.0f} MiB**.",
+        "",
+        f"Targets at T = {last['tasks']}: ORT >= 3x eager at batch 1: "
+        f"{verdict(last['eager_b1_p50'] / last['ort_b1_p50'], TARGETS['speedup_b1'])}; >= 1.5x at batch 64: "
+        f"{verdict(last['ort_b64_ips'] / last['eager_b64_ips'], TARGETS['speedup_b64'])}; predict process < 200 MiB: "
+        f"{verdict(rss, TARGETS['rss_mb'], below=True)}.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tasks", default="1,5,10")
+    parser.add_argument("--iterations", type=int, default=100, help="timed calls at batch 1")
+    parser.add_argument("--iterations-64", type=int, default=20, help="timed calls at batch 64")
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--write", type=Path, help="Markdown file whose section to replace, e.g. docs/benchmarks.md")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="memo-runtime-speed-") as tmp:
+        rows = [measure(int(t), Path(tmp), args) for t in args.tasks.split(",")]
+        rss = predict_rss(Path(tmp) / f"pkg-T{rows[-1]['tasks']}")
+    section = to_markdown(rows, rss, args)
+    print(section)
+    if args.write:
+        write_section(args.write, "runtime_speed", section)
+
+
+if __name__ == "__main__":
+    main()
