@@ -250,7 +250,13 @@ def test_kill_right_after_the_commit_leaves_the_new_version(base: dict[str, Path
 @pytest.mark.slow
 def test_rollback_and_garbage_collection(base: dict[str, Path], tmp_path: Path) -> None:
     pkg = _copy(base["pkg"], tmp_path / "pkg")
+    images = load_dataset("digits").test.take(np.arange(16))
+    reader = load(pkg)  # a reader of version 1 ...
+    before, exemplars_before = reader.predict(images)[1], reader.package.exemplars()[0]
     ok("update", pkg, "--data", f"npz:{base['task4']}", "--epochs", "1", "--device", "cpu")
+    # ... keeps a consistent view of it while version 2 is committed
+    np.testing.assert_array_equal(reader.predict(images)[1], before)
+    assert reader.package.exemplars()[0] == exemplars_before and open_package(pkg).manifest.version == 2
     ok("update", pkg, "--data", f"npz:{base['task5']}", "--epochs", "1", "--device", "cpu")
     # Only the last 2 versions are kept, with exactly the files they reference.
     assert [v.version for v in list_versions(pkg)] == [2, 3]
@@ -266,3 +272,19 @@ def test_rollback_and_garbage_collection(base: dict[str, Path], tmp_path: Path) 
     assert rt.predict(np.zeros((1, 32, 32, 3), np.uint8))[1].shape == (1, 8)
     result = invoke("rollback", pkg)
     assert result.exit_code == 2 and "nothing to roll back" in result.output
+
+
+def test_new_classes_from_class_folders(base: dict[str, Path], tmp_path: Path) -> None:
+    from PIL import Image
+
+    from memo_edge.runtime.update import load_new_classes
+
+    digits = load_dataset("digits").train
+    for name, digit in (("seven", 7), ("eight", 8)):
+        (tmp_path / "new" / name).mkdir(parents=True)
+        for i, k in enumerate(np.flatnonzero(digits.labels == digit)[:5]):
+            Image.fromarray(digits.take(np.array([k]))[0]).save(tmp_path / "new" / name / f"{i}.png")
+    source, names = load_new_classes(str(tmp_path / "new"), open_package(base["pkg"]).manifest)
+    assert names == ("eight", "seven") and len(source) == 10 and source.image_shape == (32, 32, 3)
+    assert sorted(source.labels.tolist()) == [0] * 5 + [1] * 5
+    np.testing.assert_array_equal(source.take(np.array([5])), digits.take(np.flatnonzero(digits.labels == 7)[:1]))
