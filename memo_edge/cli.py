@@ -53,37 +53,57 @@ def _parse_class_order(ctx: click.Context, param: click.Parameter, value: str | 
         raise click.BadParameter("expected comma-separated class ids, e.g. 3,1,0,2") from None
 
 
+_RUN_OPTIONS = [
+    click.option("--dataset", default="digits", show_default=True,
+                 help="digits (built in), cifar100, npz:DIR or imagefolder:DIR (DIR/train, DIR/val)."),
+    click.option("--data-dir", type=click.Path(path_type=Path), help="Where cifar100 lives (or is downloaded to)."),
+    click.option("--download/--no-download", default=False, help="Download cifar100 into --data-dir if missing."),
+    click.option("--scenario", help="B0IncK or B{N}IncK  [default: B0Inc2 on digits, else B0Inc10]"),
+    click.option("--classes", type=click.IntRange(min=2), help="Learn only the first N classes of the class order."),
+    click.option("--class-order", callback=_parse_class_order, help="Explicit class order: comma-separated ids."),
+    click.option("--shuffle/--no-shuffle", default=True, show_default=True,
+                 help="Shuffle the class order with --seed (the reference protocol) or keep label order."),
+    click.option("--seed", type=int, default=1993, show_default=True, help="Seed for the class order and training."),
+    click.option("--backbone", default="resnet32", show_default=True, help="resnet32/26/20/14/8 (CIFAR) or resnet18."),
+    click.option("--split", type=int, help="Stages in the shared trunk [default: 2 on CIFAR ResNets, 3 on resnet18]."),
+    click.option("--image-size", type=int, help="Input size for imagefolder data  [default: 224]"),
+    click.option("--epochs", type=click.IntRange(min=1), help="Epochs of tasks >= 1  [default: 170, the paper's]"),
+    click.option("--init-epochs", type=click.IntRange(min=1), help="Epochs of task 0  [default: 200, the paper's]"),
+    click.option("--batch-size", type=click.IntRange(min=2), default=128, show_default=True, help="Training batch size."),
+    click.option("--schedule", type=click.Choice(["step", "cosine"]), default="step", show_default=True,
+                 help="Learning-rate schedule: the paper's milestones or cosine annealing."),
+    click.option("--train-base/--freeze-base", default=None,
+                 help="Train or freeze the trunk after task 0  [default: train for B0 with small tasks, freeze for B50]"),
+    click.option("--device", help="cpu, cuda or cuda:N  [default: cuda when available]"),
+]
+
+
+def run_options(f: Any) -> Any:
+    """The options that describe a training run: data, scenario, backbone, recipe, device."""
+    for option in reversed(_RUN_OPTIONS):
+        f = option(f)
+    return f
+
+
+def _run_config(out: Path, data_dir: Path | None, **options: Any) -> Any:
+    from memo_edge.train.config import TrainConfig
+
+    return TrainConfig(out=str(out), data_dir=str(data_dir) if data_dir else None, **options)
+
+
 @main.command()
-@click.option("--dataset", default="digits", show_default=True,
-              help="digits (built in), cifar100, npz:DIR or imagefolder:DIR (DIR/train, DIR/val).")
-@click.option("--data-dir", type=click.Path(path_type=Path), help="Where cifar100 lives (or is downloaded to).")
-@click.option("--download/--no-download", default=False, help="Download cifar100 into --data-dir if missing.")
-@click.option("--scenario", help="B0IncK or B{N}IncK  [default: B0Inc2 on digits, else B0Inc10]")
-@click.option("--class-order", callback=_parse_class_order, help="Explicit class order: comma-separated ids.")
-@click.option("--shuffle/--no-shuffle", default=True, show_default=True,
-              help="Shuffle the class order with --seed (the reference protocol) or keep label order.")
-@click.option("--seed", type=int, default=1993, show_default=True, help="Seed for the class order and training.")
-@click.option("--backbone", default="resnet32", show_default=True, help="resnet32/26/20/14/8 (CIFAR) or resnet18.")
-@click.option("--split", type=int, help="Stages in the shared trunk [default: 2 on CIFAR ResNets, 3 on resnet18].")
-@click.option("--image-size", type=int, help="Input size for imagefolder data  [default: 224]")
-@click.option("--epochs", type=click.IntRange(min=1), help="Epochs of tasks >= 1  [default: 170, the paper's]")
-@click.option("--init-epochs", type=click.IntRange(min=1), help="Epochs of task 0  [default: 200, the paper's]")
-@click.option("--batch-size", type=click.IntRange(min=2), default=128, show_default=True, help="Training batch size.")
-@click.option("--schedule", type=click.Choice(["step", "cosine"]), default="step", show_default=True,
-              help="Learning-rate schedule: the paper's milestones or cosine annealing.")
-@click.option("--train-base/--freeze-base", default=None,
-              help="Train or freeze the trunk after task 0  [default: train for B0 with small tasks, freeze for B50]")
+@run_options
+@click.option("--method", type=click.Choice(["memo", "der", "replay"]), default="memo", show_default=True,
+              help="MEMO, or a baseline of the paper's comparison (DER-style expansion, single-backbone replay).")
 @click.option("--memory", default="2000", show_default=True,
-              help="Exemplars in total, or 'aligned' for MEMO's memory-aligned count of the scenario.")
+              help="Exemplars in total, or 'aligned' for the method's memory-aligned count of the scenario.")
 @click.option("--memory-per-class", type=click.IntRange(min=1), help="A fixed number of exemplars per class instead.")
-@click.option("--device", help="cpu, cuda or cuda:N  [default: cuda when available]")
 @click.option("--out", type=click.Path(path_type=Path), help="Run directory (checkpoints, results, plots).")
 @click.option("--resume", type=click.Path(path_type=Path, file_okay=False), help="Continue the run in this directory.")
 @click.option("--force", is_flag=True, help="Overwrite a run already in --out.")
 def train(out: Path | None, resume: Path | None, force: bool, device: str | None, data_dir: Path | None,
           **options: Any) -> None:
     """Train MEMO task by task; checkpoints after every task."""
-    from memo_edge.train.config import TrainConfig
     from memo_edge.train.run import resume_config, train as run_training
 
     if resume is not None:
@@ -91,7 +111,7 @@ def train(out: Path | None, resume: Path | None, force: bool, device: str | None
     elif out is None:
         raise InputError("give --out DIR for a new run, or --resume DIR to continue one")
     else:
-        config = TrainConfig(out=str(out), device=device, data_dir=str(data_dir) if data_dir else None, **options)
+        config = _run_config(out, data_dir, device=device, **options)
     results = run_training(config, resume=resume is not None, force=force, on_task=_print_task)
     _print_summary(results, Path(config.out))
 
@@ -259,6 +279,53 @@ def bench(package: Path, batch: str, backends: tuple[str, ...], iterations: int)
     except ValueError:
         raise InputError(f"--batch: expected comma-separated sizes like 1,8,64, got {batch!r}") from None
     click.echo(format_bench(run_bench(package, backends=backends, batches=batches, iterations=iterations)))
+
+
+def _methods(value: str) -> list[str]:
+    from memo_edge.experiments.methods import method_names
+
+    methods = [m.strip() for m in value.split(",") if m.strip()]
+    unknown = [m for m in methods if m not in method_names()]
+    if unknown or not methods:
+        raise InputError(f"--methods: unknown {unknown or value!r}; choose from {', '.join(method_names())}")
+    return methods
+
+
+@main.command()
+@run_options
+@click.option("--methods", default="memo,der,replay", show_default=True, help="Comma-separated methods to compare.")
+@click.option("--memory", default="aligned", show_default=True,
+              help="Total budget for model + exemplars: 'aligned' (DER's: T backbones + 2,000 exemplars) or MiB.")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Directory for the runs and the table.")
+@click.option("--force", is_flag=True, help="Retrain runs already in --out instead of continuing them.")
+def compare(out: Path, methods: str, memory: str, force: bool, data_dir: Path | None, **options: Any) -> None:
+    """Methods under one total memory budget: table (JSON, CSV, markdown) and plot."""
+    from memo_edge.experiments.compare import compare as run_compare
+
+    rows = run_compare(_run_config(out, data_dir, **options), _methods(methods), memory, out, force=force,
+                       on_task=_print_task)
+    click.echo((out / "comparison.md").read_text().rstrip())
+    click.echo(f"results: {out}/comparison.{{json,csv,md,png}} and one run directory per method ({len(rows)})")
+
+
+@main.command()
+@run_options
+@click.option("--methods", default="memo,der,replay", show_default=True, help="Comma-separated methods.")
+@click.option("--budgets", default="7.6,12.4,16.0,19.8,23.5", show_default=True,
+              help="Total budgets in MiB (the paper's CIFAR-100 B0Inc10 points by default).")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Directory for the runs and the curve.")
+@click.option("--force", is_flag=True, help="Retrain runs already in --out instead of continuing them.")
+def curve(out: Path, methods: str, budgets: str, force: bool, data_dir: Path | None, **options: Any) -> None:
+    """Accuracy against total memory per method, AUC-A and AUC-L (smaller backbones at small budgets)."""
+    from memo_edge.experiments.compare import curve as run_curve
+
+    try:
+        points = [float(b) for b in budgets.split(",") if b.strip()]
+    except ValueError:
+        raise InputError(f"--budgets: expected comma-separated MiB values, got {budgets!r}") from None
+    run_curve(_run_config(out, data_dir, **options), _methods(methods), points, out, force=force, on_task=_print_task)
+    click.echo((out / "curve.md").read_text().rstrip())
+    click.echo(f"results: {out}/curve.{{json,md,png}}")
 
 
 if __name__ == "__main__":

@@ -14,8 +14,8 @@ import os
 import time
 import zipfile
 import zlib
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,10 @@ from memo_edge.data.sources import ArraySource, FolderSource, ImageSource
 from memo_edge.errors import InputError
 from memo_edge.utils.io import sha256_file
 
-__all__ = ["Dataset", "DatasetKind", "DATASETS", "VALID_SPECS", "parse_dataset_spec", "load_dataset", "pixel_stats"]
+__all__ = [
+    "Dataset", "DatasetKind", "DATASETS", "VALID_SPECS", "parse_dataset_spec", "load_dataset", "pixel_stats", "keep_classes",
+    "folder_source",
+]
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +101,20 @@ def _fixed_size(name: str, native: tuple[int, int], image_size: int | None) -> N
     if image_size is not None and (image_size, image_size) != tuple(native):
         h, w = native
         raise InputError(f"{name}: images are {h}x{w}; --image-size {image_size} applies to imagefolder only")
+
+
+def keep_classes(dataset: Dataset, classes: Sequence[int]) -> Dataset:
+    """Only ``classes`` (original ids), relabelled 0..k-1 in the given order: small experiments on a
+    slice of a large dataset. Normalisation constants stay those of the whole dataset."""
+    lookup = np.full(dataset.num_classes, -1, np.int64)
+    lookup[np.asarray(classes, np.int64)] = np.arange(len(classes))
+
+    def keep(source: ImageSource) -> ImageSource:
+        idx = np.flatnonzero(lookup[source.labels] >= 0)
+        return source.subset(idx).with_labels(lookup[source.labels[idx]])
+
+    names = tuple(dataset.class_names[c] for c in classes)
+    return replace(dataset, train=keep(dataset.train), test=keep(dataset.test), class_names=names)
 
 
 # --- digits ---------------------------------------------------------------------------------------

@@ -118,7 +118,7 @@ def package_model(
     """Write ``model`` + ``exemplars`` as a new package (version 1) at ``out``, verified, all or nothing."""
     manifest = model_manifest(1, model, exemplars, spec=spec, class_names=class_names, augment=augment,
                               total_budget_bytes=total_budget_bytes, source=source or {})
-    blobs = model_blobs(model, spec, branches=range(model.num_tasks), trunk=True, full=full)
+    blobs = model_blobs(model, spec, branches=range(model.num_branches), trunk=True, full=full)
     tasks = exemplar_tasks(exemplars, manifest.task_classes)
 
     def verify(version: PackageVersion) -> dict[str, Any]:

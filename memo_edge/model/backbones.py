@@ -104,41 +104,48 @@ _CIFAR_WIDTHS = (16, 32, 64)
 def _cifar_resnet(name: str, depth: int, split: int | None) -> Backbone:
     blocks = (depth - 2) // 6
     split = 2 if split is None else split
-    if not 1 <= split <= 2:
-        raise ValueError(f"{name}: split must be 1 or 2 (stages in the trunk), got {split}")
+    if not 0 <= split <= 2:
+        raise ValueError(f"{name}: split must be 0, 1 or 2 (stages in the trunk; 0 shares nothing), got {split}")
 
     def stage(i: int) -> nn.Sequential:
         in_planes = _CIFAR_WIDTHS[max(i - 1, 0)]
         return _cifar_stage(in_planes, _CIFAR_WIDTHS[i], blocks, stride=1 if i == 0 else 2)
 
-    trunk = nn.Sequential(
-        conv3x3(3, 16), nn.BatchNorm2d(16), nn.ReLU(inplace=True), *(stage(i) for i in range(split))
-    )
+    def stem() -> list[nn.Module]:
+        return [conv3x3(3, 16), nn.BatchNorm2d(16), nn.ReLU(inplace=True)]
+
+    # split 0 (DER-style): the whole backbone, stem included, is the per-task branch.
+    trunk = nn.Sequential(*stem(), *(stage(i) for i in range(split))) if split else nn.Sequential()
     _init_cifar(trunk)
 
     def new_branch() -> nn.Module:
-        branch = Branch(nn.Sequential(*(stage(i) for i in range(split, 3))))
+        branch = Branch(nn.Sequential(*([] if split else stem()), *(stage(i) for i in range(split, 3))))
         _init_cifar(branch)
         return branch
 
-    return Backbone(name, split, trunk, new_branch, _CIFAR_WIDTHS[-1], _CIFAR_WIDTHS[split - 1])
+    trunk_channels = _CIFAR_WIDTHS[split - 1] if split else 3
+    return Backbone(name, split, trunk, new_branch, _CIFAR_WIDTHS[-1], trunk_channels)
 
 
 def _resnet18(name: str, split: int | None) -> Backbone:
     from torchvision.models import resnet18  # torchvision's init: kaiming normal, fan_out
 
     split = 3 if split is None else split
-    if not 1 <= split <= 3:
-        raise ValueError(f"{name}: split must be 1, 2 or 3 (layers in the trunk), got {split}")
+    if not 0 <= split <= 3:
+        raise ValueError(f"{name}: split must be 0, 1, 2 or 3 (layers in the trunk; 0 shares nothing), got {split}")
     layers = [f"layer{i}" for i in range(1, 5)]
+
+    def stem(net: nn.Module) -> list[nn.Module]:
+        return [net.conv1, net.bn1, net.relu, net.maxpool]
+
     net = resnet18(weights=None)
-    trunk = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool, *(getattr(net, n) for n in layers[:split]))
+    trunk = nn.Sequential(*stem(net), *(getattr(net, n) for n in layers[:split])) if split else nn.Sequential()
 
     def new_branch() -> nn.Module:
         fresh = resnet18(weights=None)
-        return Branch(nn.Sequential(*(getattr(fresh, n) for n in layers[split:])))
+        return Branch(nn.Sequential(*([] if split else stem(fresh)), *(getattr(fresh, n) for n in layers[split:])))
 
-    trunk_channels = (64, 64, 128, 256)[split]
+    trunk_channels = (3, 64, 128, 256)[split]
     return Backbone(name, split, trunk, new_branch, 512, trunk_channels)
 
 

@@ -7,6 +7,10 @@ Rules (Zhou et al., ICLR 2023; reference implementation ``AdaptiveNet``):
 - ``freeze_old_branches``: old branches get no gradient and keep BN in eval; the trunk is frozen
   (BN eval) too when the run does not train it after task 0.
 - ``weight_align``: scale new-class classifier rows so their mean norm equals the old rows'.
+
+Baselines of the paper's comparison are the same network with other settings: DER-style expansion is
+``split=0`` (nothing shared: every task adds a whole backbone), a single-backbone replay model is
+``grow=False`` (one branch for all tasks, only the classifier grows).
 """
 
 from __future__ import annotations
@@ -36,9 +40,10 @@ class MemoOutput(NamedTuple):
 
 
 class MemoNet(nn.Module):
-    def __init__(self, backbone: str = "resnet32", *, split: int | None = None) -> None:
+    def __init__(self, backbone: str = "resnet32", *, split: int | None = None, grow: bool = True) -> None:
         super().__init__()
         spec: Backbone = create_backbone(backbone, split=split)
+        self.grow = grow
         self.backbone_name = spec.name
         self.split = spec.split
         self.feature_dim = spec.feature_dim
@@ -53,6 +58,10 @@ class MemoNet(nn.Module):
     # -- shape of the model -------------------------------------------------------------------
     @property
     def num_tasks(self) -> int:
+        return len(self.task_sizes)
+
+    @property
+    def num_branches(self) -> int:
         return len(self.branches)
 
     @property
@@ -69,14 +78,15 @@ class MemoNet(nn.Module):
         """Start a new task with ``num_new`` classes."""
         if num_new < 1:
             raise ValueError(f"a task needs at least one new class, got {num_new}")
-        branch = self._new_branch()
-        if self.branches:
-            branch.load_state_dict(self.branches[-1].state_dict())
-        self.branches.append(branch.to(self._device()))
+        if self.grow or not self.branches:
+            branch = self._new_branch()
+            if self.branches:
+                branch.load_state_dict(self.branches[-1].state_dict())
+            self.branches.append(branch.to(self._device()))
         self.task_sizes.append(num_new)
 
         old_fc = self.fc
-        fc = new_linear(self.feature_dim * self.num_tasks, self.num_classes).to(self._device())
+        fc = new_linear(self.feature_dim * self.num_branches, self.num_classes).to(self._device())
         if old_fc is not None:
             with torch.no_grad():
                 rows, cols = old_fc.weight.shape
@@ -84,7 +94,7 @@ class MemoNet(nn.Module):
                 fc.bias[:rows] = old_fc.bias
         self.fc = fc
         # The auxiliary classifier (new classes + one "old" bucket) only exists from task 1 on.
-        self.aux_fc = new_linear(self.feature_dim, num_new + 1).to(self._device()) if self.num_tasks > 1 else None
+        self.aux_fc = new_linear(self.feature_dim, num_new + 1).to(self._device()) if self.num_branches > 1 else None
 
     def freeze_old_branches(self) -> None:
         for branch in self.branches[:-1]:
@@ -119,7 +129,7 @@ class MemoNet(nn.Module):
 
     # -- forward ------------------------------------------------------------------------------
     def forward_features(self, x: Tensor) -> Tensor:
-        """Concatenated branch features [B, feature_dim * num_tasks] (what herding and NME use)."""
+        """Concatenated branch features [B, feature_dim * num_branches] (what herding and NME use)."""
         shared = self.trunk(x)
         return torch.cat([branch(shared) for branch in self.branches], dim=1)
 
@@ -134,12 +144,13 @@ class MemoNet(nn.Module):
 
     # -- helpers ------------------------------------------------------------------------------
     def _device(self) -> torch.device:
-        return next(self.trunk.parameters()).device
+        param = next(self.parameters(), None)  # a DER-style trunk has none, nor a model before task 0
+        return param.device if param is not None else torch.device("cpu")
 
     @classmethod
-    def with_tasks(cls, backbone: str, task_sizes: list[int], *, split: int | None = None) -> MemoNet:
+    def with_tasks(cls, backbone: str, task_sizes: list[int], *, split: int | None = None, grow: bool = True) -> MemoNet:
         """An empty network of the right shape for loading a checkpoint of ``len(task_sizes)`` tasks."""
-        net = cls(backbone, split=split)
+        net = cls(backbone, split=split, grow=grow)
         for size in task_sizes:
             net.expand(size)
         return net

@@ -140,7 +140,7 @@ def update_package(config: UpdateConfig) -> PackageVersion:
                                                       "train_base": config.train_base}}),
         parent=m.version,
     )
-    new_task = model.num_tasks - 1
+    new_task = model.num_branches - 1
     blobs = model_blobs(model, m.input, branches=[new_task], trunk=config.train_base, full=m.file("full") is not None)
     kept = [f for f in m.files if (f.role == "trunk" and not config.train_base) or f.role == "branch"]
     rng = np.random.default_rng(config.seed)

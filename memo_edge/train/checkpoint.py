@@ -65,6 +65,7 @@ def save_checkpoint(run_dir: Path, task: int, model: MemoNet, exemplars: Exempla
             "task": task,
             "backbone": model.backbone_name,
             "split": model.split,
+            "grow": model.grow,
             "task_sizes": list(model.task_sizes),
             "trunk_frozen": model.trunk_frozen,
             **state,
@@ -100,7 +101,7 @@ def load_checkpoint(run_dir: Path, task: int) -> TaskCheckpoint:
     """Load and verify ``task-XX/``; any missing or damaged file is an InputError naming it."""
     directory = task_dir(run_dir, task)
     state = read_state(run_dir, task)
-    model = MemoNet.with_tasks(state["backbone"], state["task_sizes"], split=state["split"])
+    model = MemoNet.with_tasks(state["backbone"], state["task_sizes"], split=state["split"], grow=state.get("grow", True))
     try:
         tensors = load_file(str(directory / MODEL_FILE))
         model.load_state_dict(tensors)

@@ -11,11 +11,13 @@ __all__ = ["TrainConfig", "default_scenario"]
 @dataclass(frozen=True)
 class TrainConfig:
     out: str
+    method: str = "memo"  # memo, der or replay (memo_edge.experiments.methods)
     dataset: str = "digits"
     data_dir: str | None = None
     download: bool = False
     scenario: str | None = None  # None: B0Inc2 on digits, B0Inc10 elsewhere
     class_order: tuple[int, ...] | None = None
+    classes: int | None = None  # learn only the first N classes of the class order
     shuffle: bool = True
     seed: int = 1993  # the reference seeds both the class order and training with 1993
     backbone: str = "resnet32"

@@ -38,7 +38,7 @@ def extract(
         feats.append(out.features.float().cpu().numpy())
         logits.append(out.logits.float().cpu().numpy())
     model.train(was_training)
-    dim = model.feature_dim * model.num_tasks
+    dim = model.feature_dim * model.num_branches
     if not feats:
         return np.zeros((0, dim), np.float32), np.zeros((0, model.num_classes), np.float32)
     return np.concatenate(feats), np.concatenate(logits)

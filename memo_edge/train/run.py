@@ -19,9 +19,11 @@ from typing import Any
 import torch
 
 from memo_edge.data.datasets import Dataset, load_dataset
-from memo_edge.data.scenario import Scenario, build_scenario, ordered_class_names, remap, task_subset
+from memo_edge.data.datasets import keep_classes
+from memo_edge.data.scenario import Scenario, build_scenario, make_class_order, ordered_class_names, remap, task_subset
 from memo_edge.errors import InputError
-from memo_edge.memory.alignment import exemplar_bytes, memo_aligned_exemplars
+from memo_edge.experiments.methods import aligned_exemplars, get_method
+from memo_edge.memory.alignment import exemplar_bytes
 from memo_edge.memory.exemplars import ExemplarSet
 from memo_edge.memory.policy import MemoryPolicy
 from memo_edge.model import MemoNet, backbone_names, split_parameter_counts
@@ -76,9 +78,11 @@ def resolve_memory(config: TrainConfig, scenario: Scenario, bytes_per_exemplar: 
     if config.memory_per_class is not None:
         policy = MemoryPolicy("per_class", config.memory_per_class)
     elif config.memory.strip().lower() == "aligned":
-        # MEMO's share of the DER-aligned budget for this scenario (3312 for CIFAR-100 B0Inc10).
-        trunk, branch = split_parameter_counts(config.backbone, split=config.split)
-        policy = MemoryPolicy("total", memo_aligned_exemplars(scenario.num_tasks, trunk, branch, bytes_per_exemplar))
+        # The method's share of the DER-aligned budget for this scenario (CIFAR-100 B0Inc10:
+        # MEMO 3312, DER 2000, single backbone 7431).
+        count = aligned_exemplars(get_method(config.method), config.backbone, scenario.num_tasks, bytes_per_exemplar,
+                                  split=config.split)
+        policy = MemoryPolicy("total", count)
     else:
         try:
             policy = MemoryPolicy("total", int(config.memory))
@@ -98,7 +102,8 @@ def prepare(config: TrainConfig) -> RunSetup:
     if config.backbone not in backbone_names():
         raise InputError(f"unknown backbone {config.backbone!r}; choose from {', '.join(backbone_names())}")
     try:
-        split_parameter_counts(config.backbone, split=config.split)
+        method = get_method(config.method)
+        split_parameter_counts(config.backbone, split=method.resolved_split(config.split))
         paper_recipe(0, epochs=config.init_epochs, schedule=config.schedule)  # type: ignore[arg-type]
         paper_recipe(1, epochs=config.epochs, schedule=config.schedule)  # type: ignore[arg-type]
     except ValueError as exc:
@@ -107,8 +112,12 @@ def prepare(config: TrainConfig) -> RunSetup:
     data_dir = Path(config.data_dir).expanduser() if config.data_dir else None
     dataset = load_dataset(config.dataset, data_dir=data_dir, download=config.download, image_size=config.image_size)
     spec = config.scenario or default_scenario(config.dataset)
-    scenario = build_scenario(spec, dataset.num_classes, seed=config.seed, shuffle=config.shuffle,
-                              class_order=config.class_order)
+    order = make_class_order(dataset.num_classes, seed=config.seed, shuffle=config.shuffle, explicit=config.class_order)
+    if config.classes is not None:
+        if not 2 <= config.classes <= dataset.num_classes:
+            raise InputError(f"--classes {config.classes}: {dataset.name} has {dataset.num_classes} classes")
+        dataset, order = keep_classes(dataset, order[: config.classes]), tuple(range(config.classes))
+    scenario = build_scenario(spec, dataset.num_classes, class_order=order)
     memory = resolve_memory(config, scenario, exemplar_bytes(dataset.image_shape))
     train_base = config.train_base
     if train_base is None:
@@ -148,7 +157,7 @@ def resume_config(run_dir: Path, *, device: str | None = None) -> TrainConfig:
 def _header(setup: RunSetup) -> dict[str, Any]:
     cfg, scenario = setup.config, setup.scenario
     return {
-        "title": f"MEMO {cfg.backbone} on {cfg.dataset} {scenario.spec}",
+        "title": f"{cfg.method} {cfg.backbone} on {cfg.dataset} {scenario.spec}",
         "config": cfg.to_json(),
         "scenario": scenario.to_json(),
         "class_names": list(ordered_class_names(setup.dataset, scenario)),
@@ -187,7 +196,8 @@ def train(config: TrainConfig, *, resume: bool = False, force: bool = False, on_
     else:
         torch.manual_seed(setup.config.seed)
         generator.manual_seed(setup.config.seed)
-        model = MemoNet(setup.config.backbone, split=setup.config.split)
+        method = get_method(setup.config.method)
+        model = MemoNet(setup.config.backbone, split=method.resolved_split(setup.config.split), grow=method.grow)
         exemplars = ExemplarSet.empty(setup.dataset.image_shape)
         records = []
 

@@ -69,7 +69,7 @@ def learn_task(
     model.expand(num_new)
     model.to(device)
     if model.num_tasks > 1:
-        model.freeze_old_branches()
+        model.freeze_old_branches()  # nothing to freeze for a single-backbone model
         if not train_base:
             model.freeze_trunk()
     data = concat_sources([new_data, ArraySource(exemplars.images, exemplars.labels)]) if len(exemplars) else new_data
