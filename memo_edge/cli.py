@@ -328,5 +328,20 @@ def curve(out: Path, methods: str, budgets: str, force: bool, data_dir: Path | N
     click.echo(f"results: {out}/curve.{{json,md,png}}")
 
 
+@main.command("analyze-layers")
+@click.argument("run_dir", type=click.Path(path_type=Path, file_okay=False, exists=True))
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Directory for layers.json and layers.png.")
+@click.option("--images", type=click.IntRange(min=2), default=500, show_default=True,
+              help="Test images of the first task's classes to compare features on.")
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
+def analyze_layers(run_dir: Path, out: Path, images: int, device: str) -> None:
+    """Where tasks share and where they differ: per stage, feature similarity (linear CKA) between the
+    models after successive tasks, and how far each stage's weights moved."""
+    from memo_edge.analysis import analyze_layers as run_analysis, format_layers
+
+    click.echo(format_layers(run_analysis(run_dir, out, images=images, device=device)))
+    click.echo(f"results: {out / 'layers.json'}, {out / 'layers.png'}")
+
+
 if __name__ == "__main__":
     main()
