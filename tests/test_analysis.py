@@ -23,7 +23,7 @@ from memo_edge.analysis import (
     stage_kinds,
     stage_names,
 )
-from memo_edge.analysis.layers import _sample_images, newest_branch
+from memo_edge.analysis.layers import newest_branch
 from memo_edge.data.scenario import Scenario, make_class_order
 from memo_edge.errors import InputError
 from memo_edge.model import MemoNet
@@ -248,16 +248,17 @@ def test_analyze_layers_needs_two_tasks(frozen_run: Path, tmp_path: Path) -> Non
 def test_images_come_from_task_0_of_a_run_on_a_class_slice() -> None:
     """A run on the first 6 classes of the order (config "classes"): labels 0..5 are order[0..5]."""
     from memo_edge.data.datasets import load_dataset
+    from memo_edge.train.run import run_test_split
 
-    header = {"config": {"dataset": "digits", "classes": 6, "seed": 1993, "shuffle": True, "class_order": None},
-              "image_shape": [32, 32, 3]}
-    scenario = Scenario("B0Inc3", tuple(range(6)), (3, 3))
-    images, available = _sample_images(header, scenario, 40)
-    test = load_dataset("digits").test
+    header = {"config": {"out": "unused", "dataset": "digits", "classes": 6, "seed": 1993},
+              "scenario": Scenario("B0Inc3", tuple(range(6)), (3, 3)).to_json()}
+    test = run_test_split(header, 0)
+    digits = load_dataset("digits").test
     first = make_class_order(10, seed=1993)[:3]
-    assert available == int(np.isin(test.labels, first).sum()) and len(images) == 40
-    pool = test.take(np.flatnonzero(np.isin(test.labels, first)))
-    assert all((pool == image).all(axis=(1, 2, 3)).any() for image in images)
+    assert len(test) == int(np.isin(digits.labels, first).sum())
+    for label, original in enumerate(first):  # label j of the slice is class order[j] of the dataset
+        np.testing.assert_array_equal(test.take(np.flatnonzero(test.labels == label)),
+                                      digits.take(np.flatnonzero(digits.labels == original)))
 
 
 def test_analyze_layers_rejects_missing_runs(tmp_path: Path) -> None:

@@ -19,7 +19,6 @@ maps; CIFAR-size maps of the default cap pass unchanged); ``layers.json`` record
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from collections.abc import Callable, Sequence
@@ -35,12 +34,11 @@ from matplotlib.figure import Figure
 from torch import Tensor, nn
 
 from memo_edge.analysis.cka import centered_gram, cka_from_grams
-from memo_edge.data.datasets import load_dataset
-from memo_edge.data.scenario import DEFAULT_SEED, Scenario, make_class_order, remap, task_subset
 from memo_edge.errors import InputError
 from memo_edge.model import MemoNet
 from memo_edge.train.augment import TestTransform
 from memo_edge.train.checkpoint import completed_tasks, load_checkpoint
+from memo_edge.train.run import read_run_header, run_test_split, select_device
 from memo_edge.utils.io import atomic_open, atomic_write_json
 
 __all__ = [
@@ -258,44 +256,12 @@ def _compare(a: _Snapshot, b: _Snapshot, names: Sequence[str]) -> dict[str, dict
     return out
 
 
-def _read_header(run_dir: Path) -> dict[str, Any]:
-    path = run_dir / "config.json"
-    if not path.is_file():
-        raise InputError(f"{run_dir} is not a memo-edge run directory (config.json missing)")
-    try:
-        header = json.loads(path.read_text())
-        header["config"]["dataset"], header["scenario"], header["normalization"]["mean"]  # noqa: B018
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise InputError(f"{path} is damaged: {exc!r}") from None
-    return header
-
-
-def _sample_images(header: dict[str, Any], scenario: Scenario, count: int) -> tuple[np.ndarray, int]:
+def _sample_images(header: dict[str, Any], count: int) -> tuple[np.ndarray, int]:
     """A fixed sample (numpy seed 0) of test images of task 0's classes; also how many there were."""
-    cfg = header["config"]
-    data_dir = Path(cfg["data_dir"]).expanduser() if cfg.get("data_dir") else None
-    dataset = load_dataset(cfg["dataset"], data_dir=data_dir, image_size=cfg.get("image_size"))
-    expected = tuple(header.get("image_shape") or dataset.image_shape)
-    if tuple(dataset.image_shape) != expected:
-        raise InputError(f"dataset {cfg['dataset']} now has images of shape {dataset.image_shape}, "
-                         f"the run was trained on {expected}")
-    test = dataset.test
-    classes = cfg.get("classes")
-    if classes is not None:
-        # A run on a slice of the dataset (config "classes"): its label j is class order[j].
-        order = make_class_order(dataset.num_classes, seed=int(cfg.get("seed", DEFAULT_SEED)),
-                                 shuffle=bool(cfg.get("shuffle", True)), explicit=cfg.get("class_order"))
-        lookup = np.full(dataset.num_classes, -1, np.int64)
-        lookup[np.asarray(order[: int(classes)], np.int64)] = np.arange(int(classes))
-        keep = np.flatnonzero(lookup[test.labels] >= 0)
-        test = test.subset(keep).with_labels(lookup[test.labels[keep]])
-    if int(test.labels.max(initial=-1)) >= scenario.num_classes:
-        raise InputError(f"dataset {cfg['dataset']} has more classes than the run's scenario "
-                         f"({scenario.num_classes}); is this the data the run was trained on?")
-    test = task_subset(remap(test, scenario), scenario, 0, seen=True)
+    test = run_test_split(header, 0)
     if len(test) < 2:
-        raise InputError(f"the test split of {cfg['dataset']} has {len(test)} image(s) of task 0's classes; "
-                         "CKA needs at least 2")
+        raise InputError(f"the test split of {header['config']['dataset']} has {len(test)} image(s) of task 0's "
+                         "classes; CKA needs at least 2")
     pick = np.sort(np.random.default_rng(0).permutation(len(test))[: min(count, len(test))])
     return test.take(pick), len(test)
 
@@ -317,16 +283,14 @@ def analyze_layers(
         raise InputError(f"max_features must be at least 1, got {max_features}")
     if not run_dir.is_dir():
         raise InputError(f"run directory {run_dir} does not exist")
-    _device(device)  # a bad --device fails before any work
-    header = _read_header(run_dir)
+    device = select_device(str(device))  # a bad --device fails before any work
+    header = read_run_header(run_dir)
     tasks = completed_tasks(run_dir)
     if tasks < 2:
         raise InputError(f"{run_dir}: layer analysis needs at least 2 tasks, the run has {tasks} finished")
-    scenario = Scenario.from_json(header["scenario"])
     norm = header["normalization"]
     transform = TestTransform(norm["mean"], norm["std"])
-    sample, available = _sample_images(header, scenario, images)
-    device = _device(device)
+    sample, available = _sample_images(header, images)
     log.info("layer analysis of %s: %d tasks, %d test images of task 0's classes", run_dir, tasks, len(sample))
 
     first = prev = None
@@ -379,7 +343,7 @@ def analyze_layers(
         "images": {
             "count": int(len(sample)),
             "available": int(available),
-            "from": f"test split of {cfg['dataset']}, the {scenario.task_sizes[0]} classes of task 0",
+            "from": f"test split of {cfg['dataset']}, the {header['scenario']['task_sizes'][0]} classes of task 0",
             "seed": 0,
         },
         "max_features": max_features,
@@ -404,16 +368,6 @@ def analyze_layers(
     atomic_write_json(out / REPORT_FILE, report)
     plot_layers(report, out / PLOT_FILE)
     return report
-
-
-def _device(name: str | torch.device) -> torch.device:
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise InputError(f"unknown device {name!r}; use cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise InputError(f"device {name!r} asked for, but no CUDA GPU is available to torch")
-    return device
 
 
 def _used_features(shape: Sequence[int], max_features: int) -> int:

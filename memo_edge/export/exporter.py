@@ -7,7 +7,6 @@ before it becomes visible), then build TensorRT engines into its cache.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -20,8 +19,7 @@ import torch
 from safetensors.numpy import save as save_numpy
 from safetensors.torch import save as save_torch
 
-from memo_edge.data.datasets import load_dataset
-from memo_edge.data.scenario import Scenario, remap, task_subset
+from memo_edge.data.scenario import Scenario
 from memo_edge.errors import InputError
 from memo_edge.export import graphs
 from memo_edge.export.tensorrt import EngineOptions, EngineRecord, build_engines, engine_graphs, probe_environment
@@ -33,6 +31,7 @@ from memo_edge.model import MemoNet
 from memo_edge.runtime.package import Budget, InputSpec, Manifest, PackageVersion, open_package, write_package
 from memo_edge.train.checkpoint import completed_tasks, load_checkpoint
 from memo_edge.train.results import producer_versions
+from memo_edge.train.run import read_run_header, run_test_split
 from memo_edge.train.task import memo_model_bytes
 
 __all__ = ["ExportConfig", "export_run", "model_blobs", "model_manifest", "package_model", "exemplar_tasks"]
@@ -58,13 +57,13 @@ def export_run(config: ExportConfig) -> tuple[PackageVersion, list[EngineRecord]
     env = probe_environment() if config.trt is not None else None  # before any other work
     if config.out.exists() and any(config.out.iterdir()) and not config.force:
         raise InputError(f"{config.out} exists and is not empty; pass --force to replace it")
-    header = _read_header(config.run_dir)
+    header = read_run_header(config.run_dir)
     task = _pick_task(config.run_dir, config.task)
     ckpt = load_checkpoint(config.run_dir, task)
     model, exemplars = ckpt.model.eval(), ckpt.exemplars
     scenario = Scenario.from_json(header["scenario"])
     spec = _input_spec(header)
-    images, image_source = _verification_images(header, scenario, task, exemplars, config.verify_images)
+    images, image_source = _verification_images(header, task, exemplars, config.verify_images)
     total = _total_budget(header, model, exemplars, spec, config.total_budget_bytes, task)
     version = package_model(
         config.out, model, exemplars, spec=spec, class_names=header["class_names"][: model.num_classes],
@@ -130,16 +129,6 @@ def package_model(
     return open_package(out)
 
 
-def _read_header(run_dir: Path) -> dict[str, Any]:
-    path = run_dir / "config.json"
-    if not path.is_file():
-        raise InputError(f"{run_dir} is not a memo-edge run directory (config.json missing)")
-    try:
-        return json.loads(path.read_text())
-    except ValueError as exc:
-        raise InputError(f"{path} is damaged: {exc}") from None
-
-
 def _pick_task(run_dir: Path, task: int | None) -> int:
     done = completed_tasks(run_dir)
     if done == 0:
@@ -156,20 +145,15 @@ def _input_spec(header: dict[str, Any]) -> InputSpec:
     return InputSpec(h, w, c, tuple(header["normalization"]["mean"]), tuple(header["normalization"]["std"]))
 
 
-def _verification_images(header: dict[str, Any], scenario: Scenario, task: int, exemplars: ExemplarSet,
-                         count: int) -> tuple[np.ndarray, str]:
+def _verification_images(header: dict[str, Any], task: int, exemplars: ExemplarSet, count: int) -> tuple[np.ndarray, str]:
     """Held-out test images of the seen classes, spread over classes; exemplars if the data is gone."""
-    cfg = header["config"]
     try:
-        data_dir = Path(cfg["data_dir"]).expanduser() if cfg.get("data_dir") else None
-        dataset = load_dataset(cfg["dataset"], data_dir=data_dir, image_size=cfg.get("image_size"))
+        test = run_test_split(header, task)
     except InputError as exc:
         log.warning("verification uses exemplars: the run's test data cannot be loaded (%s)", exc)
         return exemplars.images[:count], "exemplars"
-    test = task_subset(remap(dataset.test, scenario), scenario, task, seen=True)
-    rng = np.random.default_rng(0)
-    pick = np.sort(rng.permutation(len(test))[: min(count, len(test))])
-    return test.take(pick), f"test split of {cfg['dataset']}"
+    pick = np.sort(np.random.default_rng(0).permutation(len(test))[: min(count, len(test))])
+    return test.take(pick), f"test split of {header['config']['dataset']}"
 
 
 def _total_budget(header: dict[str, Any], model: MemoNet, exemplars: ExemplarSet, spec: InputSpec,

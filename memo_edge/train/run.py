@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from memo_edge.data.datasets import Dataset, load_dataset
+from memo_edge.data.sources import ImageSource
 from memo_edge.data.datasets import keep_classes
 from memo_edge.data.scenario import Scenario, build_scenario, make_class_order, ordered_class_names, remap, task_subset
 from memo_edge.errors import InputError
@@ -43,7 +44,9 @@ from memo_edge.train.results import TaskRecord, producer_versions, write_results
 from memo_edge.train.task import Transforms, learn_task, memo_model_bytes
 from memo_edge.utils.io import atomic_write_json
 
-__all__ = ["RunSetup", "prepare", "train", "resume_config", "select_device"]
+__all__ = [
+    "RunSetup", "prepare", "train", "resume_config", "select_device", "load_run_data", "read_run_header", "run_test_split",
+]
 
 log = logging.getLogger(__name__)
 CONFIG_FILE = "config.json"
@@ -97,6 +100,38 @@ def resolve_memory(config: TrainConfig, scenario: Scenario, bytes_per_exemplar: 
     return policy
 
 
+def load_run_data(config: TrainConfig) -> tuple[Dataset, tuple[int, ...]]:
+    """The run's dataset (only its first ``classes`` classes, relabelled, for a slice) and class order."""
+    data_dir = Path(config.data_dir).expanduser() if config.data_dir else None
+    dataset = load_dataset(config.dataset, data_dir=data_dir, download=config.download, image_size=config.image_size)
+    order = make_class_order(dataset.num_classes, seed=config.seed, shuffle=config.shuffle, explicit=config.class_order)
+    if config.classes is not None:
+        if not 2 <= config.classes <= dataset.num_classes:
+            raise InputError(f"--classes {config.classes}: {dataset.name} has {dataset.num_classes} classes")
+        dataset, order = keep_classes(dataset, order[: config.classes]), tuple(range(config.classes))
+    return dataset, order
+
+
+def read_run_header(run_dir: Path) -> dict[str, Any]:
+    """A run directory's config.json (config, scenario, normalisation, class names, ...)."""
+    path = run_dir / CONFIG_FILE
+    if not path.is_file():
+        raise InputError(f"{run_dir} is not a memo-edge run directory ({CONFIG_FILE} missing)")
+    try:
+        header = json.loads(path.read_text())
+        header["config"], header["scenario"]  # noqa: B018  (the keys every reader needs)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise InputError(f"{path} is damaged: {exc!r}") from None
+    return header
+
+
+def run_test_split(header: dict[str, Any], task: int) -> ImageSource:
+    """Test images of every class a run had seen after ``task``, labelled as the run labels them."""
+    dataset, _ = load_run_data(TrainConfig.from_json(header["config"]))
+    scenario = Scenario.from_json(header["scenario"])
+    return task_subset(remap(dataset.test, scenario), scenario, task, seen=True)
+
+
 def prepare(config: TrainConfig) -> RunSetup:
     """Validate the config and load what it names; every user mistake is an InputError."""
     if config.backbone not in backbone_names():
@@ -109,14 +144,8 @@ def prepare(config: TrainConfig) -> RunSetup:
     except ValueError as exc:
         raise InputError(str(exc)) from None
     device = select_device(config.device)
-    data_dir = Path(config.data_dir).expanduser() if config.data_dir else None
-    dataset = load_dataset(config.dataset, data_dir=data_dir, download=config.download, image_size=config.image_size)
+    dataset, order = load_run_data(config)
     spec = config.scenario or default_scenario(config.dataset)
-    order = make_class_order(dataset.num_classes, seed=config.seed, shuffle=config.shuffle, explicit=config.class_order)
-    if config.classes is not None:
-        if not 2 <= config.classes <= dataset.num_classes:
-            raise InputError(f"--classes {config.classes}: {dataset.name} has {dataset.num_classes} classes")
-        dataset, order = keep_classes(dataset, order[: config.classes]), tuple(range(config.classes))
     scenario = build_scenario(spec, dataset.num_classes, class_order=order)
     memory = resolve_memory(config, scenario, exemplar_bytes(dataset.image_shape))
     train_base = config.train_base
