@@ -6,6 +6,7 @@ import json
 import shutil
 from pathlib import Path
 
+import click
 import numpy as np
 import pytest
 from click.testing import CliRunner
@@ -26,10 +27,13 @@ def assert_user_error(result, *fragments: str) -> None:
         assert fragment in result.output, result.output
 
 
-@pytest.mark.parametrize("command", [[], ["train"], ["budget"]])
+@pytest.mark.parametrize("command", [[], *([name] for name in main.commands)])
 def test_every_command_has_help(command: list[str]) -> None:
     result = invoke(*command, "--help")
     assert result.exit_code == 0 and "Usage:" in result.output
+    for param in (main.commands[command[0]].params if command else []):
+        if isinstance(param, click.Option):  # every option says what it does
+            assert param.help, f"{command[0]} {param.opts} has no help"
 
 
 def test_budget_reports_603_and_the_aligned_table() -> None:
