@@ -72,3 +72,22 @@ def test_a_tiny_compare_run_writes_the_table_and_the_plot(tmp_path: Path) -> Non
     # the same command again continues (reuses) the finished runs instead of refusing them
     again = CliRunner().invoke(main, [str(a) for a in args])
     assert again.exit_code == 0 and json.loads((tmp_path / "comparison.json").read_text())["rows"] == rows
+
+
+@pytest.mark.slow
+def test_a_tiny_curve_run_reports_auc(tmp_path: Path) -> None:
+    args = ["curve", "--dataset", "digits", "--scenario", "B0Inc5", "--init-epochs", "1", "--epochs", "1",
+            "--batch-size", "64", "--device", "cpu", "--methods", "memo,replay", "--budgets", "1.5,3.0", "--out", tmp_path]
+    result = CliRunner().invoke(main, [str(a) for a in args])
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "curve.json").read_text())
+    for method in ("memo", "replay"):
+        points = report["points"][method]
+        assert [p["mib"] for p in points] == [1.5, 3.0]
+        assert all(p["budget_bytes"] == int(p["mib"] * 2**20) and p["model_bytes"] <= p["budget_bytes"] for p in points)
+        expected = auc([p["mib"] for p in points], [p["average_accuracy"] for p in points])
+        assert report["auc"][method]["auc_a"] == pytest.approx(expected)
+    # smaller budgets get smaller backbones; MEMO's growing model needs a smaller one than replay's
+    assert [p["backbone"] for p in report["points"]["memo"]] == ["resnet14", "resnet26"]
+    assert [p["backbone"] for p in report["points"]["replay"]] == ["resnet20", "resnet32"]
+    assert (tmp_path / "curve.png").read_bytes()[:4] == b"\x89PNG" and "AUC-A" in (tmp_path / "curve.md").read_text()

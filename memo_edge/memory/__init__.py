@@ -48,4 +48,5 @@ __all__ = [
     "per_class_quota",
     "quota_table",
     "select_exemplars",
+    "single_backbone_aligned_exemplars",
 ]
