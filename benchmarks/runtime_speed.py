@@ -42,7 +42,6 @@ from memo_edge.memory.exemplars import ExemplarSet
 from memo_edge.model import MemoNet
 from memo_edge.runtime.backends import create_backend
 from memo_edge.runtime.package import InputSpec, PackageVersion, open_package
-from memo_edge.train.task import memo_model_bytes
 
 from _report import cpu_name, write_section  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
@@ -74,7 +73,7 @@ def build(tasks: int, out: Path) -> tuple[MemoNet, PackageVersion]:
                             np.zeros(len(labels), np.int64))
     version = package_model(
         out, model, exemplars, spec=CIFAR, class_names=[f"c{i}" for i in range(model.num_classes)], augment="cifar",
-        total_budget_bytes=memo_model_bytes(model) + exemplars.nbytes,
+        total_budget_bytes=model.model_bytes() + exemplars.nbytes,
         verify_images=rng.integers(0, 256, (16, *CIFAR.shape), dtype=np.uint8),
     )
     return model, version

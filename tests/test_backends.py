@@ -41,7 +41,6 @@ from memo_edge.runtime.backends import (
     create_backend,
 )
 from memo_edge.runtime.package import InputSpec, PackageVersion, open_package
-from memo_edge.train.task import memo_model_bytes
 
 SPEC = InputSpec(32, 32, 3, (0.5, 0.4, 0.3), (0.25, 0.2, 0.3))
 
@@ -61,7 +60,7 @@ def make_package(out: Path, *, tasks: int = 2, classes: int = 3) -> tuple[MemoNe
     exemplars = ExemplarSet(rng.integers(0, 256, (len(labels), *SPEC.shape), dtype=np.uint8), labels,
                             np.zeros(len(labels), np.int64))
     version = package_model(out, model, exemplars, spec=SPEC, class_names=[f"c{i}" for i in range(model.num_classes)],
-                            augment="cifar", total_budget_bytes=memo_model_bytes(model) + exemplars.nbytes,
+                            augment="cifar", total_budget_bytes=model.model_bytes() + exemplars.nbytes,
                             verify_images=rng.integers(0, 256, (8, *SPEC.shape), dtype=np.uint8))
     return model, version
 

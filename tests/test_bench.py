@@ -15,7 +15,6 @@ from memo_edge.model import MemoNet
 from memo_edge.runtime.backends import BACKENDS
 from memo_edge.runtime.bench import BenchRow, bench, format_bench, peak_rss_mb
 from memo_edge.runtime.package import InputSpec
-from memo_edge.train.task import memo_model_bytes
 
 SPEC = InputSpec(32, 32, 3, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
 
@@ -32,7 +31,7 @@ def package(tmp_path_factory: pytest.TempPathFactory) -> Path:
     exemplars = ExemplarSet(rng.integers(0, 256, (4, *SPEC.shape), dtype=np.uint8), labels, np.zeros(4, np.int64))
     out = tmp_path_factory.mktemp("bench") / "pkg"
     package_model(out, model, exemplars, spec=SPEC, class_names=["a", "b", "c", "d"], augment="cifar",
-                  total_budget_bytes=memo_model_bytes(model) + exemplars.nbytes,
+                  total_budget_bytes=model.model_bytes() + exemplars.nbytes,
                   verify_images=rng.integers(0, 256, (4, *SPEC.shape), dtype=np.uint8))
     return out
 

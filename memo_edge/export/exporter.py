@@ -32,7 +32,6 @@ from memo_edge.runtime.package import Budget, InputSpec, Manifest, PackageVersio
 from memo_edge.train.checkpoint import completed_tasks, load_checkpoint
 from memo_edge.train.results import producer_versions
 from memo_edge.train.run import read_run_header, run_test_split
-from memo_edge.train.task import memo_model_bytes
 
 __all__ = ["ExportConfig", "export_run", "model_blobs", "model_manifest", "package_model", "exemplar_tasks"]
 
@@ -159,7 +158,7 @@ def _verification_images(header: dict[str, Any], task: int, exemplars: ExemplarS
 def _total_budget(header: dict[str, Any], model: MemoNet, exemplars: ExemplarSet, spec: InputSpec,
                   requested: int | None, task: int) -> int:
     """The device budget: as requested, else the model plus the exemplar memory the run allowed."""
-    model_bytes, per_exemplar = memo_model_bytes(model), exemplar_bytes(spec.shape)
+    model_bytes, per_exemplar = model.model_bytes(), exemplar_bytes(spec.shape)
     if requested is None:
         policy = MemoryPolicy.from_json(header["memory"])
         seen = model.num_classes
@@ -184,7 +183,7 @@ def model_manifest(version: int, model: MemoNet, exemplars: ExemplarSet, *, spec
         input=spec,
         model={"backbone": model.backbone_name, "split": model.split, "feature_dim": model.feature_dim,
                "task_sizes": list(model.task_sizes), "trunk_frozen": model.trunk_frozen, "augment": augment},
-        budget=Budget(total_bytes=total_budget_bytes, model_bytes=memo_model_bytes(model),
+        budget=Budget(total_bytes=total_budget_bytes, model_bytes=model.model_bytes(),
                       exemplar_bytes=exemplars.nbytes, bytes_per_exemplar=exemplar_bytes(spec.shape),
                       exemplars=len(exemplars), per_class=min(counts.values()) if counts else 0),
         files=(),

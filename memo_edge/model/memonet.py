@@ -20,6 +20,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
+from memo_edge.memory.alignment import model_bytes
 from memo_edge.model.backbones import Backbone, create_backbone
 
 __all__ = ["MemoNet", "MemoOutput", "new_linear"]
@@ -67,6 +68,11 @@ class MemoNet(nn.Module):
     @property
     def num_classes(self) -> int:
         return sum(self.task_sizes)
+
+    def model_bytes(self) -> int:
+        """The model side of the memory budget: 4 x parameters of trunk + branches, classifiers
+        excluded (as in the paper), frozen parameters included."""
+        return model_bytes(self.trunk, *self.branches)
 
     @property
     def known_classes(self) -> int:

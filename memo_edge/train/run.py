@@ -41,7 +41,7 @@ from memo_edge.train.config import TrainConfig, default_scenario
 from memo_edge.train.features import evaluate
 from memo_edge.train.recipe import default_train_base, paper_recipe
 from memo_edge.train.results import TaskRecord, producer_versions, write_results
-from memo_edge.train.task import Transforms, learn_task, memo_model_bytes
+from memo_edge.train.task import Transforms, learn_task
 from memo_edge.utils.io import atomic_write_json
 
 __all__ = [
@@ -269,7 +269,7 @@ def _run_task(
         metrics=metrics.to_json(),
         exemplars=len(result.exemplars),
         per_class=result.per_class,
-        model_bytes=memo_model_bytes(model),
+        model_bytes=model.model_bytes(),
         exemplar_bytes=result.exemplars.nbytes,
         wall_time_s=round(time.perf_counter() - start, 3),
         train_images_per_s=round(result.images_per_second, 1),

@@ -18,14 +18,14 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from memo_edge.data.sources import ArraySource, ImageSource, concat_sources
-from memo_edge.memory.alignment import exemplar_bytes, model_bytes
+from memo_edge.memory.alignment import exemplar_bytes
 from memo_edge.memory.exemplars import ExemplarSet, select_exemplars
 from memo_edge.memory.policy import MemoryPolicy
 from memo_edge.model import MemoNet
 from memo_edge.train.features import class_means, extract
 from memo_edge.train.recipe import Recipe, build_optimizer, build_scheduler
 
-__all__ = ["TaskResult", "Transforms", "learn_task", "memo_model_bytes", "train_step"]
+__all__ = ["TaskResult", "Transforms", "learn_task", "train_step"]
 
 log = logging.getLogger(__name__)
 
@@ -44,11 +44,6 @@ class TaskResult:
     final_loss: float
     images_per_second: float
     per_class: int
-
-
-def memo_model_bytes(model: MemoNet) -> int:
-    """Model side of the budget: trunk + all branches, classifiers excluded (as in the paper)."""
-    return model_bytes(model.trunk, *model.branches)
 
 
 def learn_task(
@@ -77,7 +72,7 @@ def learn_task(
     gamma = model.weight_align()
 
     per_class = memory.per_class(
-        model.num_classes, model_bytes=memo_model_bytes(model), bytes_per_exemplar=exemplar_bytes(new_data.image_shape)
+        model.num_classes, model_bytes=model.model_bytes(), bytes_per_exemplar=exemplar_bytes(new_data.image_shape)
     )
     kept = exemplars.reduce(per_class)
     new_features, _ = extract(model, new_data, transforms.test, device)
