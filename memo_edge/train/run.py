@@ -173,13 +173,10 @@ def _prepare_run_dir(out: Path, config: TrainConfig, *, force: bool) -> None:
 
 def resume_config(run_dir: Path, *, device: str | None = None) -> TrainConfig:
     """The config a run was started with, for ``--resume`` (optionally on another device)."""
-    path = run_dir / CONFIG_FILE
-    if not path.is_file():
-        raise InputError(f"cannot resume {run_dir}: no {CONFIG_FILE} (not a memo-edge run directory)")
     try:
-        config = TrainConfig.from_json(json.loads(path.read_text())["config"])
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise InputError(f"cannot resume {run_dir}: {path} is damaged ({exc})") from None
+        config = TrainConfig.from_json(read_run_header(run_dir)["config"])
+    except TypeError as exc:  # a config.json of another shape
+        raise InputError(f"cannot resume {run_dir}: {run_dir / CONFIG_FILE} is damaged ({exc})") from None
     return replace(config, out=str(run_dir), device=device if device is not None else config.device)
 
 
