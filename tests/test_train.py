@@ -126,3 +126,18 @@ def test_memory_aligned_gives_memo_its_reference_count() -> None:
         assert policy == MemoryPolicy("total", expected)
     per_class = resolve_memory(_config(Path("unused"), memory_per_class=20), build_scenario("B0Inc10", 100), 3072)
     assert per_class == MemoryPolicy("per_class", 20)
+
+
+def test_atomic_writes_get_ordinary_permissions(tmp_path: Path) -> None:
+    import os
+    import stat
+
+    from memo_edge.utils.io import atomic_directory, atomic_write_bytes
+
+    umask = os.umask(0)
+    os.umask(umask)
+    atomic_write_bytes(tmp_path / "f", b"x")
+    with atomic_directory(tmp_path / "d") as d:
+        (d / "g").write_bytes(b"y")
+    assert stat.S_IMODE((tmp_path / "f").stat().st_mode) == 0o666 & ~umask
+    assert stat.S_IMODE((tmp_path / "d").stat().st_mode) == 0o777 & ~umask

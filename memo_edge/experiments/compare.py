@@ -135,6 +135,7 @@ def write_table(rows: Sequence[CompareRow], out: Path) -> None:
     for r in rows:
         ax.plot(range(1, len(r.accuracy_curve) + 1), r.accuracy_curve, marker="o", label=f"{r.method} ({r.memory} exemplars)")
     ax.set(xlabel="task", ylabel="top-1 accuracy on seen classes (%)", title=f"{rows[0].budget_bytes / MIB:.2f} MiB total" if rows else "")
+    ax.set_xticks(range(1, max((len(r.accuracy_curve) for r in rows), default=1) + 1))
     ax.grid(alpha=0.3)
     ax.legend()
     with atomic_open(out / "comparison.png", "wb") as f:
