@@ -37,7 +37,7 @@ from memo_edge.analysis.cka import centered_gram, cka_from_grams
 from memo_edge.errors import InputError
 from memo_edge.model import MemoNet
 from memo_edge.train.augment import TestTransform
-from memo_edge.train.checkpoint import completed_tasks, load_checkpoint
+from memo_edge.train.checkpoint import load_checkpoint, verified_states
 from memo_edge.train.run import read_run_header, run_test_split, select_device
 from memo_edge.utils.io import atomic_open, atomic_write_json
 
@@ -285,7 +285,8 @@ def analyze_layers(
         raise InputError(f"run directory {run_dir} does not exist")
     device = select_device(str(device))  # a bad --device fails before any work
     header = read_run_header(run_dir)
-    tasks = completed_tasks(run_dir)
+    verified = verified_states(run_dir)
+    tasks = len(verified)
     if tasks < 2:
         raise InputError(f"{run_dir}: layer analysis needs at least 2 tasks, the run has {tasks} finished")
     norm = header["normalization"]
@@ -301,7 +302,7 @@ def analyze_layers(
     per_stage: dict[str, dict[str, list[float | None]]] = {}
     states: list[dict[str, Any]] = []
     for task in range(tasks):
-        ckpt = load_checkpoint(run_dir, task)
+        ckpt = load_checkpoint(run_dir, task, state=verified[task])
         model = ckpt.model.to(device)
         states.append(ckpt.state)
         if task == 0:

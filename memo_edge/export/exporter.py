@@ -29,7 +29,7 @@ from memo_edge.memory.exemplars import ExemplarSet
 from memo_edge.memory.policy import MemoryPolicy
 from memo_edge.model import MemoNet
 from memo_edge.runtime.package import Budget, InputSpec, Manifest, PackageVersion, open_package, write_package
-from memo_edge.train.checkpoint import completed_tasks, load_checkpoint
+from memo_edge.train.checkpoint import load_checkpoint, verified_states
 from memo_edge.train.results import producer_versions
 from memo_edge.train.run import read_run_header, run_test_split
 
@@ -57,8 +57,9 @@ def export_run(config: ExportConfig) -> tuple[PackageVersion, list[EngineRecord]
     if config.out.exists() and any(config.out.iterdir()) and not config.force:
         raise InputError(f"{config.out} exists and is not empty; pass --force to replace it")
     header = read_run_header(config.run_dir)
-    task = _pick_task(config.run_dir, config.task)
-    ckpt = load_checkpoint(config.run_dir, task)
+    states = verified_states(config.run_dir)
+    task = _pick_task(config.run_dir, config.task, len(states))
+    ckpt = load_checkpoint(config.run_dir, task, state=states[task])
     model, exemplars = ckpt.model.eval(), ckpt.exemplars
     scenario = Scenario.from_json(header["scenario"])
     spec = _input_spec(header)
@@ -128,8 +129,7 @@ def package_model(
     return open_package(out)
 
 
-def _pick_task(run_dir: Path, task: int | None) -> int:
-    done = completed_tasks(run_dir)
+def _pick_task(run_dir: Path, task: int | None, done: int) -> int:
     if done == 0:
         raise InputError(f"{run_dir} has no finished task to export")
     if task is None:

@@ -22,7 +22,7 @@ from memo_edge.memory.exemplars import ExemplarSet
 from memo_edge.model import MemoNet
 from memo_edge.utils.io import atomic_directory, atomic_write_json, sha256_file
 
-__all__ = ["TaskCheckpoint", "save_checkpoint", "load_checkpoint", "completed_tasks", "read_state", "task_dir", "rng_state", "set_rng_state"]
+__all__ = ["TaskCheckpoint", "save_checkpoint", "load_checkpoint", "verified_states", "read_state", "task_dir", "rng_state", "set_rng_state"]
 
 SCHEMA_VERSION = 1
 MODEL_FILE = "model.safetensors"
@@ -97,10 +97,13 @@ def read_state(run_dir: Path, task: int) -> dict[str, Any]:
     return state
 
 
-def load_checkpoint(run_dir: Path, task: int) -> TaskCheckpoint:
-    """Load and verify ``task-XX/``; any missing or damaged file is an InputError naming it."""
+def load_checkpoint(run_dir: Path, task: int, *, state: dict[str, Any] | None = None) -> TaskCheckpoint:
+    """Load and verify ``task-XX/``; any missing or damaged file is an InputError naming it.
+
+    ``state``: the task's state as ``verified_states`` returned it, so its files are not hashed twice.
+    """
     directory = task_dir(run_dir, task)
-    state = read_state(run_dir, task)
+    state = read_state(run_dir, task) if state is None else state
     model = MemoNet.with_tasks(state["backbone"], state["task_sizes"], split=state["split"], grow=state.get("grow", True))
     try:
         tensors = load_file(str(directory / MODEL_FILE))
@@ -114,11 +117,13 @@ def load_checkpoint(run_dir: Path, task: int) -> TaskCheckpoint:
     return TaskCheckpoint(model, ExemplarSet.load(directory / EXEMPLAR_FILE), state)
 
 
-def completed_tasks(run_dir: Path) -> int:
-    """Number of consecutive task checkpoints from task 0; a gap or a damaged one is an error."""
+def verified_states(run_dir: Path) -> list[dict[str, Any]]:
+    """The states of the consecutive task checkpoints from task 0, each verified once; a gap or a
+    damaged checkpoint is an error."""
     present = sorted(int(p.name[5:]) for p in run_dir.glob("task-[0-9][0-9]") if p.is_dir())
+    states = []
     for expected, found in enumerate(present):
         if found != expected:
             raise InputError(f"run {run_dir}: {task_dir(run_dir, expected).name} is missing (found {task_dir(run_dir, found).name})")
-        read_state(run_dir, found)
-    return len(present)
+        states.append(read_state(run_dir, found))
+    return states

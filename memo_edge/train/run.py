@@ -30,12 +30,11 @@ from memo_edge.memory.policy import MemoryPolicy
 from memo_edge.model import MemoNet, backbone_names, split_parameter_counts
 from memo_edge.train.augment import TestTransform, build_augment
 from memo_edge.train.checkpoint import (
-    completed_tasks,
     load_checkpoint,
-    read_state,
     rng_state,
     save_checkpoint,
     set_rng_state,
+    verified_states,
 )
 from memo_edge.train.config import TrainConfig, default_scenario
 from memo_edge.train.features import evaluate
@@ -206,17 +205,18 @@ def train(config: TrainConfig, *, resume: bool = False, force: bool = False, on_
     out = Path(setup.config.out)
     header = _header(setup)
     if resume:
-        done = completed_tasks(out)
+        states = verified_states(out)
     else:
         _prepare_run_dir(out, setup.config, force=force)
         atomic_write_json(out / CONFIG_FILE, header)
-        done = 0
+        states = []
+    done = len(states)
 
     generator = torch.Generator()
     if done:
-        ckpt = load_checkpoint(out, done - 1)
+        ckpt = load_checkpoint(out, done - 1, state=states[-1])
         model, exemplars = ckpt.model, ckpt.exemplars
-        records = [TaskRecord.from_json(read_state(out, t)["record"]) for t in range(done)]
+        records = [TaskRecord.from_json(state["record"]) for state in states]
         set_rng_state(ckpt.state["rng"], generator)
         log.info("resuming %s after task %d of %d", out, done - 1, setup.scenario.num_tasks)
     else:
