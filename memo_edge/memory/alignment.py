@@ -10,10 +10,11 @@ and ``.numel()``.
 
 from __future__ import annotations
 
-import operator
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
+
+from memo_edge.utils.checks import check_int
 
 __all__ = [
     "BYTES_PER_PARAM",
@@ -37,19 +38,6 @@ __all__ = [
 
 BYTES_PER_PARAM = 4  # float32 weights
 BASE_EXEMPLARS = 2000  # the reference memory for CIFAR-100 / ImageNet-100
-
-
-def _int(name: str, value: Any, *, minimum: int | None = 0) -> int:
-    """``value`` as a plain int >= ``minimum`` (None: no bound); bools and floats are refused."""
-    if isinstance(value, bool):
-        raise ValueError(f"{name} must be an integer, got {value!r}")
-    try:
-        value = operator.index(value)
-    except TypeError:
-        raise ValueError(f"{name} must be an integer, got {value!r}") from None
-    if minimum is not None and value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return value
 
 
 def count_parameters(*modules: Any) -> int:
@@ -77,22 +65,22 @@ def exemplar_bytes(image_shape: tuple[int, int, int]) -> int:
     """Bytes of one uint8 exemplar of shape (H, W, C): 3,072 for 32x32x3."""
     if len(image_shape) != 3:
         raise ValueError(f"image shape must be (H, W, C), got {image_shape!r}")
-    h, w, c = (_int("image size", s, minimum=1) for s in image_shape)
+    h, w, c = (check_int("image size", s, minimum=1) for s in image_shape)
     return h * w * c
 
 
 def exemplars_that_fit(budget_bytes: int, bytes_per_exemplar: int) -> int:
     """Whole exemplars in ``budget_bytes``; a negative budget (model over the total) fits none."""
-    budget_bytes = _int("budget_bytes", budget_bytes, minimum=None)
-    bytes_per_exemplar = _int("bytes_per_exemplar", bytes_per_exemplar, minimum=1)
+    budget_bytes = check_int("budget_bytes", budget_bytes, minimum=None)
+    bytes_per_exemplar = check_int("bytes_per_exemplar", bytes_per_exemplar, minimum=1)
     return max(budget_bytes, 0) // bytes_per_exemplar
 
 
 def memo_model_bytes(num_tasks: int, trunk_params: int, branch_params: int) -> int:
     """MEMO after T tasks: one trunk G plus T branches S, i.e. 4 * (G + T*S)."""
-    t = _int("num_tasks", num_tasks, minimum=1)
-    g = _int("trunk_params", trunk_params)
-    s = _int("branch_params", branch_params)
+    t = check_int("num_tasks", num_tasks, minimum=1)
+    g = check_int("trunk_params", trunk_params)
+    s = check_int("branch_params", branch_params)
     return BYTES_PER_PARAM * (g + t * s)
 
 
@@ -103,10 +91,10 @@ def der_total_bytes(
     base_exemplars: int = BASE_EXEMPLARS,
 ) -> int:
     """The "fair" total: what DER holds after T tasks (T full backbones + the base exemplars)."""
-    t = _int("num_tasks", num_tasks, minimum=1)
-    p = _int("backbone_params", backbone_params)
-    img = _int("bytes_per_exemplar", bytes_per_exemplar, minimum=1)
-    base = _int("base_exemplars", base_exemplars)
+    t = check_int("num_tasks", num_tasks, minimum=1)
+    p = check_int("backbone_params", backbone_params)
+    img = check_int("bytes_per_exemplar", bytes_per_exemplar, minimum=1)
+    base = check_int("base_exemplars", base_exemplars)
     return BYTES_PER_PARAM * t * p + base * img
 
 
@@ -147,9 +135,9 @@ def exemplar_quota(
     total_bytes: int, model_bytes: int, bytes_per_exemplar: int, seen_classes: int
 ) -> Quota:
     """The design's rule: what the model leaves of the total is exemplars, split evenly."""
-    total_bytes = _int("total_bytes", total_bytes)
-    model_bytes = _int("model_bytes", model_bytes)
-    seen_classes = _int("seen_classes", seen_classes, minimum=1)
+    total_bytes = check_int("total_bytes", total_bytes)
+    model_bytes = check_int("model_bytes", model_bytes)
+    seen_classes = check_int("seen_classes", seen_classes, minimum=1)
     if model_bytes > total_bytes:
         raise ValueError(
             f"the model needs {model_bytes:,} bytes, more than the total budget of {total_bytes:,}"
@@ -161,8 +149,8 @@ def exemplar_quota(
 
 def per_class_quota(memory: int, seen_classes: int) -> int:
     """Fixed total memory M split over the seen classes: M // seen (2000 -> 200, 100, 66, ...)."""
-    memory = _int("memory", memory)
-    seen_classes = _int("seen_classes", seen_classes, minimum=1)
+    memory = check_int("memory", memory)
+    seen_classes = check_int("seen_classes", seen_classes, minimum=1)
     return memory // seen_classes
 
 
@@ -232,7 +220,7 @@ def quota_table(
     rows = []
     for t, seen in zip(tasks, seen_classes):
         model = memo_model_bytes(t, trunk_params, branch_params)
-        quota = exemplar_quota(total_bytes, model, bytes_per_exemplar, _int("seen_classes", seen, minimum=1))
+        quota = exemplar_quota(total_bytes, model, bytes_per_exemplar, check_int("seen_classes", seen, minimum=1))
         rows.append(
             QuotaRow(
                 tasks=t,

@@ -7,7 +7,6 @@ Invariant checked on construction: within every class the ranks are exactly 0..c
 
 from __future__ import annotations
 
-import operator
 import zipfile
 import zlib
 from dataclasses import dataclass
@@ -17,6 +16,7 @@ import numpy as np
 
 from memo_edge.errors import InputError
 from memo_edge.memory.herding import herding_order
+from memo_edge.utils.checks import check_int
 from memo_edge.utils.io import atomic_open
 
 __all__ = ["ExemplarSet", "select_exemplars"]
@@ -25,16 +25,6 @@ _KEYS = ("images", "labels", "ranks")
 _ZIP_MAGIC = b"PK\x03\x04"  # np.savez always writes at least one member, so never an empty zip
 # What numpy and zipfile raise on a damaged, truncated or foreign file.
 _READ_ERRORS = (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error)
-
-
-def _check_count(name: str, value: int) -> int:
-    try:
-        value = operator.index(value)
-    except TypeError:
-        raise ValueError(f"{name} must be an integer, got {value!r}") from None
-    if value < 0:
-        raise ValueError(f"{name} must be >= 0, got {value}")
-    return value
 
 
 def _check_image_shape(image_shape: tuple[int, ...]) -> tuple[int, int, int]:
@@ -116,7 +106,7 @@ class ExemplarSet:
 
     def reduce(self, per_class: int) -> ExemplarSet:
         """Keep the first ``per_class`` of every class in herding order (rank < per_class)."""
-        per_class = _check_count("per_class", per_class)
+        per_class = check_int("per_class", per_class)
         keep = self.ranks < per_class
         return ExemplarSet(self.images[keep], self.labels[keep], self.ranks[keep])
 
@@ -174,7 +164,7 @@ def select_exemplars(
 
     Classes come out in ascending label order, each in herding order over its own ``features`` rows.
     """
-    per_class = _check_count("per_class", per_class)
+    per_class = check_int("per_class", per_class)
     images = np.asarray(images)
     labels = np.asarray(labels)
     features = np.asarray(features)

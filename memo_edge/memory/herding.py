@@ -7,9 +7,10 @@ for that size, so shrinking a class to m exemplars keeps its first m (MEMO refer
 
 from __future__ import annotations
 
-import operator
 
 import numpy as np
+
+from memo_edge.utils.checks import check_int
 
 __all__ = ["herding_order", "l2_normalize"]
 
@@ -31,12 +32,7 @@ def herding_order(features: np.ndarray, m: int) -> np.ndarray:
     of the k-1 rows already picked and mu the mean of all normalised rows. Ties go to the lowest
     index.
     """
-    try:
-        m = operator.index(m)
-    except TypeError:
-        raise ValueError(f"m must be an integer, got {m!r}") from None
-    if m < 0:
-        raise ValueError(f"m must be >= 0, got {m}")
+    m = check_int("m", m)
     x = np.asarray(features)
     if x.ndim != 2:
         raise ValueError(f"features must be 2-D [n, d], got shape {x.shape}")
