@@ -1,17 +1,20 @@
 """Inference speed of MEMO ResNet-32 at T = 1, 5, 10 tasks: ONNX Runtime (CPU) vs PyTorch eager.
 
 For each T: a randomly initialised ``MemoNet("resnet32")`` expanded T times by 10 classes (speed
-does not depend on the weights), written as a package with ``package_model`` (verified as in
-export). Then, in this one process, on the same random uint8 CIFAR-sized batches:
+does not depend on the weights), written as a package with ``package_model(..., int8=True)``
+(verified as in ``export --int8``). Then, in this one process, on the same random uint8
+CIFAR-sized batches:
 
-- ONNX Runtime: ``create_backend("ort-cpu", open_package(pkg)).logits`` (the runtime's path:
-  uint8 NHWC in, preprocessing inside the graph, full.onnx when the package has it);
+- ONNX Runtime fp32: ``create_backend("ort-cpu", open_package(pkg), precision="fp32").logits`` (the
+  runtime's path: uint8 NHWC in, preprocessing inside the graph, full.onnx);
+- ONNX Runtime int8: the same with ``precision="int8"`` (full-int8.onnx, what ``auto`` picks for a
+  package exported with ``--int8``); its accuracy is measured by ``benchmarks/int8_accuracy.py``;
 - PyTorch eager: ``model.eval()`` under ``torch.inference_mode()``, the same uint8 batch through
   the export's ``Preprocess`` (the same arithmetic), logits back as numpy.
 
 Latency at batch 1 (p50/p95 of the timed calls) and throughput at batch 64 (images / total time),
-after warm-up calls. Then the peak RSS of a torch-free predicting process: a fresh Python that
-imports only ``memo_edge.runtime``, opens the T=10 package and predicts one batch of 64 (its own
+after warm-up calls. Then the peak RSS of a torch-free predicting process, per precision: a fresh
+Python that imports only ``memo_edge.runtime``, opens the T=10 package and predicts one batch of 64 (its own
 peak: VmHWM, since ``ru_maxrss`` would carry over this torch process's peak through fork/exec).
 Thread counts are left at their defaults and reported.
 
@@ -54,7 +57,7 @@ import numpy as np
 from memo_edge.runtime.backends import create_backend
 from memo_edge.runtime.bench import peak_rss_mb
 from memo_edge.runtime.package import open_package
-backend = create_backend("ort-cpu", open_package(sys.argv[1]))
+backend = create_backend("ort-cpu", open_package(sys.argv[1]), precision=sys.argv[2])
 logits = backend.logits(np.random.default_rng(0).integers(0, 256, (64, 32, 32, 3), dtype=np.uint8))
 assert logits.shape[0] == 64 and "torch" not in sys.modules, "torch was imported"
 print(json.dumps({"peak_rss_mb": peak_rss_mb()}))
@@ -74,7 +77,7 @@ def build(tasks: int, out: Path) -> tuple[MemoNet, PackageVersion]:
     version = package_model(
         out, model, exemplars, spec=CIFAR, class_names=[f"c{i}" for i in range(model.num_classes)], augment="cifar",
         total_budget_bytes=model.model_bytes() + exemplars.nbytes,
-        verify_images=rng.integers(0, 256, (16, *CIFAR.shape), dtype=np.uint8),
+        verify_images=rng.integers(0, 256, (16, *CIFAR.shape), dtype=np.uint8), int8=True,
     )
     return model, version
 
@@ -91,7 +94,9 @@ def timings(fn: Callable[[np.ndarray], np.ndarray], images: np.ndarray, iteratio
 
 def measure(tasks: int, workdir: Path, args: argparse.Namespace) -> dict[str, float]:
     model, version = build(tasks, workdir / f"pkg-T{tasks}")
-    ort = create_backend("ort-cpu", open_package(version.root)).logits
+    package = open_package(version.root)
+    ort = create_backend("ort-cpu", package, precision="fp32").logits
+    ort_int8 = create_backend("ort-cpu", package, precision="int8").logits
     preprocess = Preprocess(CIFAR.mean, CIFAR.std)
 
     def eager(images: np.ndarray) -> np.ndarray:
@@ -103,7 +108,7 @@ def measure(tasks: int, workdir: Path, args: argparse.Namespace) -> dict[str, fl
     many = rng.integers(0, 256, (64, *CIFAR.shape), dtype=np.uint8)
     assert np.allclose(ort(many), eager(many), atol=1e-3), "ORT and eager disagree"
     row: dict[str, float] = {"tasks": tasks}
-    for name, fn in (("ort", ort), ("eager", eager)):  # one after the other, never interleaved
+    for name, fn in (("ort", ort), ("int8", ort_int8), ("eager", eager)):  # one after the other, never interleaved
         b1 = timings(fn, one, args.iterations, args.warmup) * 1e3
         b64 = timings(fn, many, args.iterations_64, args.warmup)
         row |= {f"{name}_b1_p50": float(np.percentile(b1, 50)), f"{name}_b1_p95": float(np.percentile(b1, 95)),
@@ -111,10 +116,11 @@ def measure(tasks: int, workdir: Path, args: argparse.Namespace) -> dict[str, fl
     return row
 
 
-def predict_rss(package: Path) -> float:
+def predict_rss(package: Path, precision: str) -> float:
     root = str(Path(__file__).resolve().parents[1])
     env = {**os.environ, "PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    out = subprocess.run([sys.executable, "-c", RSS_CODE, str(package)], capture_output=True, text=True, env=env, check=True)
+    out = subprocess.run([sys.executable, "-c", RSS_CODE, str(package), precision], capture_output=True, text=True,
+                         env=env, check=True)
     return float(json.loads(out.stdout.strip().splitlines()[-1])["peak_rss_mb"])
 
 
@@ -138,40 +144,46 @@ def verdict(value: float, target: float, *, below: bool = False) -> str:
     return f"{'met' if met else 'NOT met'} ({value:.2f} vs {'<' if below else '>='} {target:g})"
 
 
-def to_markdown(rows: list[dict[str, float]], rss: float, args: argparse.Namespace) -> str:
+def to_markdown(rows: list[dict[str, float]], rss: dict[str, float], args: argparse.Namespace) -> str:
     last = rows[-1]
     lines = [
-        "## Inference speed: ONNX Runtime (CPU) vs PyTorch eager, MEMO ResNet-32, CIFAR-sized images",
+        "## Inference speed: ONNX Runtime (CPU, fp32 and int8) vs PyTorch eager, MEMO ResNet-32, CIFAR-sized images",
         "",
         f"- when: {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC",
         f"- where: {cpu_name()}, {os.cpu_count()} logical CPUs ({physical_cores()} physical cores), Python "
         f"{platform.python_version()}, torch {torch.__version__} ({torch.get_num_threads()} intra-op threads, its default), "
         f"onnxruntime {onnxruntime.__version__} (intra-op threads left at its default: one per physical core)",
-        f"- what: logits of random uint8 32x32x3 images, preprocessing included on both sides; ORT through "
-        f"`create_backend(\"ort-cpu\", package).logits` (full graph), eager = `MemoNet` in eval mode under "
-        f"`torch.inference_mode()`; random weights (speed only); {args.warmup} warm-up calls, then "
-        f"{args.iterations} timed calls at batch 1 and {args.iterations_64} at batch 64",
+        f"- what: logits of random uint8 32x32x3 images, preprocessing included on all sides; ORT through "
+        f"`create_backend(\"ort-cpu\", package, precision=...).logits` (full graph: fp32 = full.onnx, int8 = "
+        f"full-int8.onnx from `export --int8`), eager = `MemoNet` (float32) in eval mode under "
+        f"`torch.inference_mode()`; random weights (speed only; int8 accuracy: the int8 section below); "
+        f"{args.warmup} warm-up calls, then {args.iterations} timed calls at batch 1 and {args.iterations_64} at batch 64",
         f"- command: `.venv/bin/python benchmarks/runtime_speed.py --iterations {args.iterations} "
         f"--iterations-64 {args.iterations_64} --write {args.write}`",
         "",
-        "| tasks | ORT b1 p50 / p95 (ms) | eager b1 p50 / p95 (ms) | speed-up b1 (p50) | ORT b64 (img/s) | "
-        "eager b64 (img/s) | speed-up b64 |",
-        "|---|---|---|---|---|---|---|",
+        "| tasks | eager b1 p50 / p95 (ms) | ORT fp32 b1 p50 / p95 (ms) | ORT int8 b1 p50 / p95 (ms) | speed-up b1 fp32 / int8 "
+        "| eager b64 (img/s) | ORT fp32 b64 (img/s) | ORT int8 b64 (img/s) | speed-up b64 fp32 / int8 |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        lines.append(f"| {r['tasks']} | {r['ort_b1_p50']:.2f} / {r['ort_b1_p95']:.2f} | {r['eager_b1_p50']:.2f} / "
-                     f"{r['eager_b1_p95']:.2f} | {r['eager_b1_p50'] / r['ort_b1_p50']:.2f}x | {r['ort_b64_ips']:.0f} | "
-                     f"{r['eager_b64_ips']:.0f} | {r['ort_b64_ips'] / r['eager_b64_ips']:.2f}x |")
+        b1 = [r["eager_b1_p50"] / r[f"{k}_b1_p50"] for k in ("ort", "int8")]
+        b64 = [r[f"{k}_b64_ips"] / r["eager_b64_ips"] for k in ("ort", "int8")]
+        lines.append(
+            f"| {r['tasks']} | {r['eager_b1_p50']:.2f} / {r['eager_b1_p95']:.2f} | {r['ort_b1_p50']:.2f} / "
+            f"{r['ort_b1_p95']:.2f} | {r['int8_b1_p50']:.2f} / {r['int8_b1_p95']:.2f} | {b1[0]:.2f}x / {b1[1]:.2f}x | "
+            f"{r['eager_b64_ips']:.0f} | {r['ort_b64_ips']:.0f} | {r['int8_b64_ips']:.0f} | {b64[0]:.2f}x / {b64[1]:.2f}x |")
     lines += [
         "",
         f"Peak RSS of a torch-free process that opens the T={last['tasks']} package and predicts a batch of 64 "
-        f"with ort-cpu: **{rss:.0f} MiB**.",
+        f"with ort-cpu: **{rss['fp32']:.0f} MiB** (fp32), **{rss['int8']:.0f} MiB** (int8).",
         "",
-        f"Targets at T = {last['tasks']}: ORT >= 3x eager at batch 1: "
-        f"{verdict(last['eager_b1_p50'] / last['ort_b1_p50'], TARGETS['speedup_b1'])}; >= 1.5x at batch 64: "
-        f"{verdict(last['ort_b64_ips'] / last['eager_b64_ips'], TARGETS['speedup_b64'])}; predict process < 200 MiB: "
-        f"{verdict(rss, TARGETS['rss_mb'], below=True)}.",
+        f"Targets at T = {last['tasks']} (runtime issue):",
     ]
+    for key, label in (("ort", "fp32"), ("int8", "int8")):
+        lines.append(
+            f"- ORT {label}: >= 3x eager at batch 1: {verdict(last['eager_b1_p50'] / last[f'{key}_b1_p50'], TARGETS['speedup_b1'])}; "
+            f">= 1.5x at batch 64: {verdict(last[f'{key}_b64_ips'] / last['eager_b64_ips'], TARGETS['speedup_b64'])}; "
+            f"predict process < 200 MiB: {verdict(rss[label], TARGETS['rss_mb'], below=True)}.")
     return "\n".join(lines) + "\n"
 
 
@@ -185,7 +197,8 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="memo-runtime-speed-") as tmp:
         rows = [measure(int(t), Path(tmp), args) for t in args.tasks.split(",")]
-        rss = predict_rss(Path(tmp) / f"pkg-T{rows[-1]['tasks']}")
+        last = Path(tmp) / f"pkg-T{rows[-1]['tasks']}"
+        rss = {precision: predict_rss(last, precision) for precision in ("fp32", "int8")}
     section = to_markdown(rows, rss, args)
     print(section)
     if args.write:

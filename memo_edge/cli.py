@@ -162,6 +162,8 @@ def budget(as_json: bool, **options: Any) -> None:
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Package directory to write.")
 @click.option("--task", type=click.IntRange(min=0), help="Export the model after this task (task-XX, 0-based) [default: last].")
 @click.option("--full/--no-full", default=True, show_default=True, help="Also export full.onnx (image -> logits).")
+@click.option("--int8", is_flag=True,
+              help="Also an int8 copy of full.onnx for CPU inference (ort-cpu), calibrated on the exemplars and checked.")
 @click.option("--verify-images", type=click.IntRange(min=1), default=256, show_default=True,
               help="Held-out test images for the ONNX Runtime vs PyTorch check.")
 @click.option("--total-budget", "total_budget", type=click.IntRange(min=1),
@@ -173,8 +175,8 @@ def budget(as_json: bool, **options: Any) -> None:
 @click.option("--max-batch", type=click.IntRange(min=1), default=32, show_default=True, help="TensorRT profile: largest batch.")
 @click.option("--workspace", type=click.IntRange(min=16), default=1024, show_default=True, help="TensorRT workspace (MiB).")
 @click.option("--force", is_flag=True, help="Replace an existing package at --out.")
-def export(run_dir: Path, out: Path, task: int | None, full: bool, verify_images: int, total_budget: int | None,
-           trt: bool, fp16: bool, min_batch: int, opt_batch: int, max_batch: int, workspace: int, force: bool) -> None:
+def export(run_dir: Path, out: Path, task: int | None, full: bool, int8: bool, verify_images: int,
+           total_budget: int | None, trt: bool, fp16: bool, min_batch: int, opt_batch: int, max_batch: int, workspace: int, force: bool) -> None:
     """Export a trained run as a verified package (ONNX, weights, exemplars; TensorRT engines with --trt)."""
     from memo_edge.export.exporter import ExportConfig, export_run
     from memo_edge.export.tensorrt import EngineOptions, ShapeProfile
@@ -183,12 +185,15 @@ def export(run_dir: Path, out: Path, task: int | None, full: bool, verify_images
         engine = EngineOptions("fp16" if fp16 else "fp32", ShapeProfile(min_batch, opt_batch, max_batch), workspace)
     except ValueError as exc:
         raise InputError(str(exc)) from None
-    config = ExportConfig(run_dir, out, task, full, verify_images, total_budget, force, engine if trt else None)
+    config = ExportConfig(run_dir, out, task, full, int8, verify_images, total_budget, force, engine if trt else None)
     version, engines = export_run(config)
     v = version.manifest.verification["graphs"]["end_to_end"]
     click.echo(f"package {out}: {len(version.manifest.files)} files, verified on "
                f"{version.manifest.verification['images']} images (max logit difference {v['max_abs_diff']:.2e}, "
                f"top-1 agreement {100 * v['top1_agreement']:.1f}%)")
+    q = version.manifest.verification["graphs"].get("full-int8")
+    if q is not None:
+        click.echo(f"int8 full graph: top-1 agreement with float32 {100 * q['top1_agreement']:.1f}%")
     for record in engines:
         click.echo(f"engine {record.name}: {'built' if record.built else 'cached'} {record.path}")
 
@@ -211,19 +216,27 @@ def _backend_option(f: Any) -> Any:
                         help="auto, tensorrt, ort-trt, ort-cuda or ort-cpu (auto: the fastest available).")(f)
 
 
+def _precision_option(f: Any) -> Any:
+    return click.option("--precision", type=click.Choice(["auto", "fp32", "int8"]), default="auto", show_default=True,
+                        help="ort-cpu: the package's int8 graph (export --int8) or float32; auto: int8 when present.")(f)
+
+
 @main.command()
 @click.argument("package", type=click.Path(path_type=Path, file_okay=False, exists=True))
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path, exists=True))
 @click.option("--top", type=click.IntRange(min=1), default=1, show_default=True, help="Classes to report per image.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True, help="Images per batch.")
 @_backend_option
-def predict(package: Path, inputs: tuple[Path, ...], top: int, batch_size: int, backend: str) -> None:
+@_precision_option
+def predict(package: Path, inputs: tuple[Path, ...], top: int, batch_size: int, backend: str, precision: str) -> None:
     """Classify images (files, directories of images, or npz files with x); one JSON line per image."""
+    from memo_edge.runtime.backends import precision_options
     from memo_edge.runtime.predict import load, read_inputs
 
-    rt = load(package, backend=backend)
+    rt = load(package, backend=backend, **precision_options(precision))
     manifest = rt.package.manifest
-    logging.getLogger(__name__).info("package version %d, backend %s", manifest.version, rt.backend.name)
+    logging.getLogger(__name__).info("package version %d, backend %s (%s)", manifest.version, rt.backend.name,
+                                     rt.backend.precision)
     for names, images in read_inputs(list(inputs), manifest.input, manifest.model.get("augment", "cifar"), batch_size):
         _, scores = rt.predict(images)
         order = np.argsort(-scores, axis=1)[:, :top]
@@ -270,7 +283,8 @@ def rollback(package: Path) -> None:
 @click.option("--backend", "backends", multiple=True, default=["auto"], show_default=True,
               help="Backend(s) to measure; repeat the option for several.")
 @click.option("--iterations", type=click.IntRange(min=1), default=50, show_default=True, help="Timed runs per batch.")
-def bench(package: Path, batch: str, backends: tuple[str, ...], iterations: int) -> None:
+@_precision_option
+def bench(package: Path, batch: str, backends: tuple[str, ...], iterations: int, precision: str) -> None:
     """Latency p50/p95, throughput and peak memory per backend and batch size."""
     from memo_edge.runtime.bench import bench as run_bench, format_bench
 
@@ -278,7 +292,8 @@ def bench(package: Path, batch: str, backends: tuple[str, ...], iterations: int)
         batches = [int(b) for b in batch.split(",") if b.strip()]
     except ValueError:
         raise InputError(f"--batch: expected comma-separated sizes like 1,8,64, got {batch!r}") from None
-    click.echo(format_bench(run_bench(package, backends=backends, batches=batches, iterations=iterations)))
+    click.echo(format_bench(run_bench(package, backends=backends, batches=batches, iterations=iterations,
+                                      precision=precision)))
 
 
 def _methods(value: str) -> list[str]:

@@ -45,7 +45,7 @@ def test_bench_has_a_row_per_backend_and_batch(package: Path) -> None:
         assert 0 < r.p50_ms <= r.p95_ms
         assert r.images_per_s > 0 and r.peak_rss_mb > 0
     text = format_bench(rows)
-    assert text.splitlines()[0].split() == ["backend", "batch", "p50", "ms", "p95", "ms", "images/s", "peak", "RSS", "MiB"]
+    assert text.splitlines()[0].split() == ["backend", "precision", "batch", "p50", "ms", "p95", "ms", "images/s", "peak", "RSS", "MiB"]
     assert len(text.splitlines()) == 2 + len(rows)
 
 

@@ -22,13 +22,14 @@ from safetensors.torch import save as save_torch
 from memo_edge.data.scenario import Scenario
 from memo_edge.errors import InputError
 from memo_edge.export import graphs
+from memo_edge.export.quantize import calibration_images, quantize_full
 from memo_edge.export.tensorrt import EngineOptions, EngineRecord, build_engines, engine_graphs, probe_environment
 from memo_edge.export.verify import verify_package
 from memo_edge.memory.alignment import exemplar_bytes
 from memo_edge.memory.exemplars import ExemplarSet
 from memo_edge.memory.policy import MemoryPolicy
 from memo_edge.model import MemoNet
-from memo_edge.runtime.package import Budget, InputSpec, Manifest, PackageVersion, open_package, write_package
+from memo_edge.runtime.package import INT8_ROLE, Budget, InputSpec, Manifest, PackageVersion, open_package, write_package
 from memo_edge.train.checkpoint import load_checkpoint, verified_states
 from memo_edge.train.results import producer_versions
 from memo_edge.train.run import read_run_header, run_test_split
@@ -46,6 +47,7 @@ class ExportConfig:
     out: Path
     task: int | None = None  # checkpoint task-XX to export; None: the last complete one
     full: bool = True  # also export full.onnx (one graph: image -> logits)
+    int8: bool = False  # also an int8 copy of full.onnx for CPU inference (calibrated on the exemplars)
     verify_images: int = 256
     total_budget_bytes: int | None = None  # None: model bytes + the run's exemplar memory at this task
     force: bool = False
@@ -68,6 +70,7 @@ def export_run(config: ExportConfig) -> tuple[PackageVersion, list[EngineRecord]
     version = package_model(
         config.out, model, exemplars, spec=spec, class_names=header["class_names"][: model.num_classes],
         augment=header.get("augment", "cifar"), total_budget_bytes=total, verify_images=images, full=config.full,
+        int8=config.int8,
         source={"run": str(config.run_dir.resolve()), "task": task, "scenario": scenario.spec,
                 "train_base": header.get("train_base"), "verification_images": image_source},
     )
@@ -75,8 +78,12 @@ def export_run(config: ExportConfig) -> tuple[PackageVersion, list[EngineRecord]
     return version, engines
 
 
-def model_blobs(model: MemoNet, spec: InputSpec, *, branches: Sequence[int], trunk: bool, full: bool) -> list[Blob]:
-    """Serialized files of ``model`` for a package: the named graphs, the head and the training weights."""
+def model_blobs(model: MemoNet, spec: InputSpec, *, branches: Sequence[int], trunk: bool, full: bool,
+                int8_calibration: np.ndarray | None = None) -> list[Blob]:
+    """Serialized files of ``model`` for a package: the named graphs, the head and the training weights.
+
+    With ``int8_calibration`` (uint8 images) the full graph also gets its int8 copy.
+    """
     model = model.eval()
     blobs: list[Blob] = []
     if trunk:
@@ -86,7 +93,10 @@ def model_blobs(model: MemoNet, spec: InputSpec, *, branches: Sequence[int], tru
             trunk_shape = tuple(model.trunk(torch.zeros((1, spec.channels, spec.height, spec.width))).shape[1:])
         blobs += [(graphs.branch_graph(model, t, trunk_shape).data, "branch", ".onnx", t) for t in branches]
     if full:
-        blobs.append((graphs.full_graph(model, spec.mean, spec.std, spec.shape).data, "full", ".onnx", None))
+        data = graphs.full_graph(model, spec.mean, spec.std, spec.shape).data
+        blobs.append((data, "full", ".onnx", None))
+        if int8_calibration is not None:
+            blobs.append((quantize_full(data, int8_calibration), INT8_ROLE, ".onnx", None))
     if model.fc is None:
         raise InputError("the model has no classifier (no task learned)")
     head = {"weight": model.fc.weight.detach().cpu().numpy(), "bias": model.fc.bias.detach().cpu().numpy()}
@@ -112,12 +122,20 @@ def package_model(
     total_budget_bytes: int,
     verify_images: np.ndarray,
     full: bool = True,
+    int8: bool = False,
     source: dict[str, Any] | None = None,
 ) -> PackageVersion:
-    """Write ``model`` + ``exemplars`` as a new package (version 1) at ``out``, verified, all or nothing."""
+    """Write ``model`` + ``exemplars`` as a new package (version 1) at ``out``, verified, all or nothing.
+
+    ``int8``: also the full graph in int8, calibrated on ``exemplars`` (needs ``full``).
+    """
     manifest = model_manifest(1, model, exemplars, spec=spec, class_names=class_names, augment=augment,
                               total_budget_bytes=total_budget_bytes, source=source or {})
-    blobs = model_blobs(model, spec, branches=range(model.num_branches), trunk=True, full=full)
+    if int8 and not full:
+        raise InputError("int8 quantizes the full graph: it cannot be combined with --no-full")
+    calibration = calibration_images(exemplars.images, exemplars.labels) if int8 else None
+    blobs = model_blobs(model, spec, branches=range(model.num_branches), trunk=True, full=full,
+                        int8_calibration=calibration)
     tasks = exemplar_tasks(exemplars, manifest.task_classes)
 
     def verify(version: PackageVersion) -> dict[str, Any]:

@@ -14,6 +14,8 @@ tensorrt   native TensorRT 10 engines from the package's cache (``engines/<key>/
 ``create_backend("auto", ...)`` takes the first available of ``AUTO_ORDER``. Every backend runs
 graphs by name ("trunk", "branch-K", "full"), loads them on first use, and gets logits from the
 full graph when the package has one, else trunk -> branches -> the numpy head (``runtime/head.py``).
+ort-cpu runs the package's int8 full graph ("full-int8", ``export --int8``) instead when it has
+one, unless asked for ``precision="fp32"``.
 GPU libraries are imported lazily, inside the backends that need them. Nothing here imports torch.
 """
 
@@ -46,7 +48,7 @@ from memo_edge.export.tensorrt import (
 )
 from memo_edge.runtime import cuda
 from memo_edge.runtime.head import Head
-from memo_edge.runtime.package import FileEntry, PackageVersion
+from memo_edge.runtime.package import INT8_ROLE, FileEntry, PackageVersion
 
 __all__ = [
     "Backend",
@@ -58,8 +60,10 @@ __all__ = [
     "TrtGraph",
     "BACKENDS",
     "AUTO_ORDER",
+    "PRECISIONS",
     "load_onnxruntime",
     "create_backend",
+    "precision_options",
 ]
 
 log = logging.getLogger(__name__)
@@ -68,6 +72,7 @@ GPU_HINT = "pip install 'memo-edge[gpu]' (onnxruntime-gpu, instead of onnxruntim
 NO_GPU = "no NVIDIA GPU visible to the CUDA runtime (check the NVIDIA driver and CUDA_VISIBLE_DEVICES)"
 
 GraphFn = Callable[[np.ndarray], np.ndarray]
+PRECISIONS = ("auto", "fp32", "int8")  # of ort-cpu
 
 
 def load_onnxruntime() -> Any:
@@ -93,6 +98,8 @@ class Backend(ABC):
     """
 
     name: ClassVar[str] = ""
+    precision: str = "fp32"  # of the arithmetic that produces the logits
+    full_role: str = "full"  # the package file with the one-graph path (image -> logits)
 
     def __init__(self, version: PackageVersion, *, use_full: bool = True) -> None:
         problem = type(self).missing()
@@ -107,10 +114,10 @@ class Backend(ABC):
         self.version = version
         self.head = Head.load(version.path(head))
         self.tasks = len(m.branches())
-        self.has_full = use_full and m.file("full") is not None
+        self.has_full = use_full and m.file(self.full_role) is not None
         self._graphs: dict[str, GraphFn] = {}
         self._open()
-        for graph in ["full"] if self.has_full else ["trunk", *(f"branch-{t}" for t in range(self.tasks))]:
+        for graph in [self.full_role] if self.has_full else ["trunk", *(f"branch-{t}" for t in range(self.tasks))]:
             self._graph(graph)
 
     @classmethod
@@ -156,7 +163,7 @@ class Backend(ABC):
         return np.concatenate([self.branch(t, shared) for t in range(self.tasks)], axis=1)
 
     def full_logits(self, images: np.ndarray) -> np.ndarray | None:
-        return self._graph("full")(self._check_images(images)) if self.has_full else None
+        return self._graph(self.full_role)(self._check_images(images)) if self.has_full else None
 
     def logits(self, images: np.ndarray) -> np.ndarray:
         full = self.full_logits(images)
@@ -204,7 +211,7 @@ class OrtBackend(Backend):
         options.graph_optimization_level = self._ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if self.threads is not None:  # None keeps ONNX Runtime's default: one thread per physical core
             options.intra_op_num_threads = int(self.threads)
-        if graph != "full":
+        if graph != self.full_role:
             # Each session has its own intra-op pool whose threads spin after a run. The split path
             # runs 1 + T sessions back to back, so the idle pools' spinning starved the running one:
             # at T=10, batch 64 on 2 cores, 556 ms with spinning, 193 ms without (full graph: 150 ms).
@@ -225,7 +232,22 @@ class OrtBackend(Backend):
 
 
 class OrtCpuBackend(OrtBackend):
+    """ONNX Runtime on the CPU; ``precision``: "auto" (int8 when the package has it), "fp32" or "int8"."""
+
     name = "ort-cpu"
+
+    def __init__(self, version: PackageVersion, *, use_full: bool = True, threads: int | None = None,
+                 precision: str = "auto") -> None:
+        has_int8 = version.manifest.file(INT8_ROLE) is not None
+        if precision not in PRECISIONS:
+            raise InputError(f"precision {precision!r}: choose from {', '.join(PRECISIONS)}")
+        if precision == "int8" and not (has_int8 and use_full):
+            raise InputError(f"{version.root}: version {version.manifest.version} has no int8 graph"
+                             + ("" if has_int8 else "; export the run with --int8 to add one")
+                             + ("" if use_full else " (int8 is the full graph only)"))
+        if precision == "int8" or (precision == "auto" and has_int8 and use_full):
+            self.precision, self.full_role = "int8", INT8_ROLE
+        super().__init__(version, use_full=use_full, threads=threads)
 
 
 class OrtCudaBackend(OrtBackend):
@@ -251,6 +273,7 @@ class OrtTrtBackend(OrtBackend):
     def __init__(self, version: PackageVersion, *, use_full: bool = True, threads: int | None = None,
                  fp16: bool = False) -> None:
         self.fp16 = fp16
+        self.precision = "fp16" if fp16 else "fp32"
         super().__init__(version, use_full=use_full, threads=threads)
 
     def _open(self) -> None:
@@ -344,6 +367,7 @@ class TensorRTBackend(Backend):
     def __init__(self, version: PackageVersion, *, use_full: bool = True, fp16: bool = False,
                  profile: ShapeProfile | None = None, build: bool = True) -> None:
         self.options = EngineOptions(precision="fp16" if fp16 else "fp32", profile=profile or ShapeProfile())
+        self.precision = self.options.precision
         self.build = build
         super().__init__(version, use_full=use_full)
 
@@ -419,6 +443,11 @@ def _pick_auto(options: dict[str, Any]) -> tuple[type[Backend], dict[str, Any]]:
             return cls, {k: v for k, v in options.items() if k in accepted}
         reasons.append(f"{name}: {problem}")
     raise MemoEdgeError("no backend is available: " + "; ".join(reasons))
+
+
+def precision_options(precision: str) -> dict[str, str]:
+    """Backend options for a requested precision: none for "auto", which every backend accepts."""
+    return {} if precision == "auto" else {"precision": precision}
 
 
 def create_backend(name: str, version: PackageVersion, **options: Any) -> Backend:

@@ -33,6 +33,7 @@ __all__ = ["BenchRow", "bench", "measure", "format_bench", "peak_rss_mb"]
 @dataclass(frozen=True)
 class BenchRow:
     backend: str  # the backend that ran ("auto" resolved)
+    precision: str  # of the graph that ran (fp32, fp16, int8)
     batch: int
     p50_ms: float  # median latency of one batch
     p95_ms: float
@@ -56,13 +57,14 @@ def peak_rss_mb() -> float:
     return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
 
 
-def measure(package: Path, backend: str, batch: int, *, iterations: int, warmup: int, seed: int = 0) -> BenchRow:
+def measure(package: Path, backend: str, batch: int, *, iterations: int, warmup: int, seed: int = 0,
+            precision: str = "auto") -> BenchRow:
     """Time ``backend`` on ``package`` at one batch size, in this process."""
-    from memo_edge.runtime.backends import create_backend
+    from memo_edge.runtime.backends import create_backend, precision_options
     from memo_edge.runtime.package import open_package
 
     version = open_package(package)
-    runner = create_backend(backend, version)
+    runner = create_backend(backend, version, **precision_options(precision))
     images = np.random.default_rng(seed).integers(0, 256, (batch, *version.manifest.input.shape), dtype=np.uint8)
     times = []
     for i in range(warmup + iterations):
@@ -71,7 +73,8 @@ def measure(package: Path, backend: str, batch: int, *, iterations: int, warmup:
         if i >= warmup:
             times.append(time.perf_counter() - start)
     p50, p95 = np.percentile(np.array(times) * 1e3, [50, 95])
-    return BenchRow(runner.name, batch, float(p50), float(p95), batch * len(times) / sum(times), peak_rss_mb())
+    return BenchRow(runner.name, runner.precision, batch, float(p50), float(p95), batch * len(times) / sum(times),
+                    peak_rss_mb())
 
 
 def _check(backends: Sequence[str], batches: Sequence[int], iterations: int, warmup: int) -> None:
@@ -90,8 +93,8 @@ def _worker_env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": root if not path else f"{root}{os.pathsep}{path}"}
 
 
-def _run_worker(package: Path, backend: str, batch: int, iterations: int, warmup: int) -> BenchRow:
-    cmd = [sys.executable, "-m", "memo_edge.runtime.bench", str(package), "--backend", backend,
+def _run_worker(package: Path, backend: str, batch: int, iterations: int, warmup: int, precision: str) -> BenchRow:
+    cmd = [sys.executable, "-m", "memo_edge.runtime.bench", str(package), "--backend", backend, "--precision", precision,
            "--batch", str(batch), "--iterations", str(iterations), "--warmup", str(warmup)]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=_worker_env())
     lines = proc.stdout.strip().splitlines()
@@ -112,17 +115,18 @@ def bench(
     batches: Sequence[int] = (1, 8, 64),
     iterations: int = 50,
     warmup: int = 5,
+    precision: str = "auto",
 ) -> list[BenchRow]:
     """One row per backend and batch size, each measured in its own process."""
     _check(backends, batches, iterations, warmup)
-    return [_run_worker(Path(package), name, int(b), iterations, warmup) for name in backends for b in batches]
+    return [_run_worker(Path(package), name, int(b), iterations, warmup, precision) for name in backends for b in batches]
 
 
 def format_bench(rows: Sequence[BenchRow]) -> str:
-    header = f"{'backend':<10} {'batch':>5} {'p50 ms':>9} {'p95 ms':>9} {'images/s':>10} {'peak RSS MiB':>13}"
+    header = f"{'backend':<10} {'precision':<9} {'batch':>5} {'p50 ms':>9} {'p95 ms':>9} {'images/s':>10} {'peak RSS MiB':>13}"
     lines = [header, "-" * len(header)]
     for r in rows:
-        lines.append(f"{r.backend:<10} {r.batch:>5} {r.p50_ms:>9.2f} {r.p95_ms:>9.2f} {r.images_per_s:>10.0f} "
+        lines.append(f"{r.backend:<10} {r.precision:<9} {r.batch:>5} {r.p50_ms:>9.2f} {r.p95_ms:>9.2f} {r.images_per_s:>10.0f} "
                      f"{r.peak_rss_mb:>13.1f}")
     return "\n".join(lines)
 
@@ -132,13 +136,15 @@ def _main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m memo_edge.runtime.bench", description=_main.__doc__)
     parser.add_argument("package", type=Path)
     parser.add_argument("--backend", default="auto")
+    parser.add_argument("--precision", default="auto")
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--iterations", type=int, default=50)
     parser.add_argument("--warmup", type=int, default=5)
     args = parser.parse_args(argv)
     try:
         _check([args.backend], [args.batch], args.iterations, args.warmup)
-        row = measure(args.package, args.backend, args.batch, iterations=args.iterations, warmup=args.warmup)
+        row = measure(args.package, args.backend, args.batch, iterations=args.iterations, warmup=args.warmup,
+                      precision=args.precision)
     except MemoEdgeError as exc:  # a user-facing failure: one line for the parent to show
         print(json.dumps({"error": str(exc)}))
         return 1

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from memo_edge.runtime.package import CATALOG, PackageVersion
+from memo_edge.runtime.package import CATALOG, INT8_ROLE, PackageVersion
 
 __all__ = ["format_info"]
 
@@ -29,8 +29,10 @@ def format_info(pkg: PackageVersion) -> str:
     if v:
         figures = ", ".join(f"{name} {g['max_abs_diff']:.1e}" for name, g in v["graphs"].items())
         agree = v["graphs"]["end_to_end"]["top1_agreement"]
+        int8 = v["graphs"].get(INT8_ROLE)
         lines.append(f"verification: {'passed' if v.get('passed') else 'FAILED'} on {v['images']} images "
-                     f"({v.get('images_from', '?')}); max |difference| {figures}; top-1 agreement {100 * agree:.1f}%")
+                     f"({v.get('images_from', '?')}); max |difference| {figures}; top-1 agreement {100 * agree:.1f}%"
+                     + (f" (int8: {100 * int8['top1_agreement']:.1f}%)" if int8 else ""))
     lines.append(f"files ({len(m.files)}, {_mib(sum(f.size for f in m.files))}):")
     for f in m.files:
         role = f.role if f.task is None else f"{f.role}-{f.task}"

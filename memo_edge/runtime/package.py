@@ -3,7 +3,7 @@
 Layout (a directory)::
 
     catalog.sqlite            versions: each version's manifest (JSON) and its exemplar rows
-    <sha256>.onnx             graphs: trunk, branch-K, full; named by content
+    <sha256>.onnx             graphs: trunk, branch-K, full, full-int8 (optional); named by content
     <sha256>.safetensors      head weights (classifier, read with numpy) and training weights
     engines/<key>/            TensorRT engine cache: always safe to delete, rebuilt from the ONNX
 
@@ -34,11 +34,12 @@ from memo_edge.memory.exemplars import ExemplarSet
 from memo_edge.utils.io import atomic_directory, atomic_write_bytes, sha256_file
 
 __all__ = [
-    "FORMAT_VERSION", "CATALOG", "PackageError", "FileEntry", "InputSpec", "Budget", "Manifest",
+    "FORMAT_VERSION", "CATALOG", "INT8_ROLE", "PackageError", "FileEntry", "InputSpec", "Budget", "Manifest",
     "PackageVersion", "open_package", "write_package", "store_file", "check_name", "exemplar_digest",
 ]
 
 FORMAT_VERSION = 1
+INT8_ROLE = "full-int8"  # an int8 copy of the full graph for CPU inference (export --int8)
 CATALOG = "catalog.sqlite"
 _PLAIN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,200}$")
 
@@ -100,7 +101,7 @@ class PackageError(InputError):
 @dataclass(frozen=True)
 class FileEntry:
     name: str  # <sha256><ext>, a plain name inside the package
-    role: str  # trunk | branch | full | head | weights
+    role: str  # trunk | branch | full | full-int8 | head | weights
     sha256: str
     size: int
     task: int | None = None  # the task of a branch graph

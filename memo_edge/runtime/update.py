@@ -20,11 +20,12 @@ from memo_edge.data.datasets import folder_source, load_dataset
 from memo_edge.data.sources import FolderSource, ImageSource
 from memo_edge.errors import InputError
 from memo_edge.export.exporter import exemplar_tasks, model_blobs, model_manifest
+from memo_edge.export.quantize import calibration_images
 from memo_edge.export.verify import verify_package
 from memo_edge.memory.alignment import count_parameters
 from memo_edge.memory.policy import MemoryPolicy
 from memo_edge.model import MemoNet, create_backbone
-from memo_edge.runtime.package import Manifest, PackageVersion, open_package
+from memo_edge.runtime.package import INT8_ROLE, Manifest, PackageVersion, open_package
 from memo_edge.runtime.versions import append_version, collect_garbage
 from memo_edge.train.augment import TestTransform, build_augment
 from memo_edge.train.recipe import paper_recipe
@@ -141,7 +142,10 @@ def update_package(config: UpdateConfig) -> PackageVersion:
         parent=m.version,
     )
     new_task = model.num_branches - 1
-    blobs = model_blobs(model, m.input, branches=[new_task], trunk=config.train_base, full=m.file("full") is not None)
+    # An int8 full graph is re-made from the new float graph, calibrated on the new exemplars.
+    calibration = calibration_images(result.exemplars.images, result.exemplars.labels) if m.file(INT8_ROLE) else None
+    blobs = model_blobs(model, m.input, branches=[new_task], trunk=config.train_base, full=m.file("full") is not None,
+                        int8_calibration=calibration)
     kept = [f for f in m.files if (f.role == "trunk" and not config.train_base) or f.role == "branch"]
     rng = np.random.default_rng(config.seed)
     sample = rng.permutation(len(new_data))[: config.verify_images // 2]

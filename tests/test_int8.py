@@ -1,0 +1,143 @@
+"""int8 full graph (export --int8): checked at export, used by ort-cpu, re-made by every update."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from click.testing import CliRunner
+
+from memo_edge.cli import main
+from memo_edge.data.datasets import load_dataset
+from memo_edge.errors import InputError
+from memo_edge.export.quantize import calibration_images
+from memo_edge.runtime import load, open_package
+from memo_edge.runtime.backends import OrtCpuBackend
+from memo_edge.runtime.package import INT8_ROLE
+
+CLASSES = 8  # the run learns 8 of the 10 digits; the device update brings the last 2
+
+
+def invoke(*args: object):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def ok(*args: object):
+    result = invoke(*args)
+    assert result.exit_code == 0, result.output
+    return result
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("int8") / "run"
+    ok("train", "--dataset", "digits", "--classes", CLASSES, "--scenario", "B0Inc4", "--backbone", "resnet8",
+       "--init-epochs", "6", "--epochs", "4", "--batch-size", "32", "--schedule", "cosine", "--memory", "200",
+       "--device", "cpu", "--out", out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def package(run: Path) -> Path:
+    ok("export", run, "--out", run.parent / "pkg", "--int8")
+    return run.parent / "pkg"
+
+
+def _seen_test_images(names: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """digits test images of the package's classes, labelled in the package's order."""
+    test = load_dataset("digits").test
+    ids = [int(n) for n in names]
+    keep = np.flatnonzero(np.isin(test.labels, ids))
+    return test.take(keep), np.array([ids.index(int(c)) for c in test.labels[keep]])
+
+
+def test_int8_graph_is_quantized_checked_and_close_to_float(package: Path) -> None:
+    pkg = open_package(package)
+    entry = pkg.manifest.file(INT8_ROLE)
+    assert entry is not None and entry.size < pkg.manifest.file("full").size
+    graph = onnx.load(str(pkg.path(entry)))
+    ops = {node.op_type for node in graph.graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear", "Conv"} <= ops
+    assert any(init.data_type == onnx.TensorProto.INT8 for init in graph.graph.initializer)
+
+    check = pkg.manifest.verification["graphs"][INT8_ROLE]
+    assert check["top1_agreement"] >= pkg.manifest.verification["min_int8_agreement"]
+
+    images, labels = _seen_test_images(pkg.manifest.class_names)
+    fp32, int8 = OrtCpuBackend(pkg, precision="fp32"), OrtCpuBackend(pkg)
+    assert (fp32.precision, int8.precision) == ("fp32", "int8")  # auto takes int8 when the package has it
+    a, b = fp32.logits(images).argmax(1), int8.logits(images).argmax(1)
+    accuracy_fp32, accuracy_int8 = 100 * np.mean(a == labels), 100 * np.mean(b == labels)
+    print(f"digits, {len(labels)} test images: fp32 {accuracy_fp32:.1f}%, int8 {accuracy_int8:.1f}%, "
+          f"agreement {100 * np.mean(a == b):.1f}%")
+    assert np.mean(a == b) >= 0.95
+    assert abs(accuracy_int8 - accuracy_fp32) <= 3.0
+
+
+def test_calibration_images_cover_every_class() -> None:
+    labels = np.repeat(np.arange(5), [1, 50, 50, 50, 3])
+    images = np.arange(len(labels)).reshape(-1, 1)
+    picked = calibration_images(images, labels, count=10)
+    assert len(picked) == 10 and set(labels[picked[:, 0]]) == {0, 1, 2, 3, 4}
+
+
+def test_update_remakes_the_int8_graph(package: Path, tmp_path: Path) -> None:
+    import shutil
+
+    pkg = shutil.copytree(package, tmp_path / "pkg")
+    names = open_package(pkg).manifest.class_names
+    new = [c for c in range(10) if str(c) not in names]
+    digits = load_dataset("digits")
+    root = tmp_path / "new"
+    root.mkdir()
+    for split, source in (("train", digits.train), ("test", digits.test)):
+        keep = np.flatnonzero(np.isin(source.labels, new))
+        np.savez(root / f"{split}-00.npz", x=source.take(keep), y=np.array([new.index(int(c)) for c in source.labels[keep]]))
+    (root / "meta.json").write_text(json.dumps({"class_names": [str(c) for c in new]}))
+
+    before = open_package(pkg).manifest.file(INT8_ROLE)
+    ok("update", pkg, "--data", f"npz:{root}", "--epochs", "2", "--batch-size", "32", "--device", "cpu")
+    version = open_package(pkg)
+    after = version.manifest.file(INT8_ROLE)
+    assert after is not None and after.sha256 != before.sha256
+    assert version.manifest.verification["graphs"][INT8_ROLE]["top1_agreement"] >= 0.95
+    rt = load(pkg, backend="ort-cpu")
+    assert rt.backend.precision == "int8"
+    images, labels = _seen_test_images(version.manifest.class_names)
+    assert rt.predict(images)[1].shape == (len(images), 10)
+
+
+def test_int8_needs_an_int8_graph_and_the_full_graph(run: Path, tmp_path: Path) -> None:
+    ok("export", run, "--out", tmp_path / "plain")
+    result = invoke("predict", tmp_path / "plain", tmp_path, "--precision", "int8", "--backend", "ort-cpu")
+    assert result.exit_code == 2 and "--int8" in result.output and "Traceback" not in result.output
+    with pytest.raises(InputError, match="full graph"):
+        OrtCpuBackend(open_package(tmp_path / "plain"), precision="int8", use_full=False)
+    result = invoke("export", run, "--out", tmp_path / "nofull", "--int8", "--no-full")
+    assert result.exit_code == 2 and "--no-full" in result.output and not (tmp_path / "nofull").exists()
+
+
+def test_int8_below_the_agreement_bar_fails_the_export(run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import memo_edge.export.verify as verify
+
+    monkeypatch.setattr(verify, "MIN_INT8_AGREEMENT", 1.01)  # no graph can agree on more than all images
+    result = invoke("export", run, "--out", tmp_path / "pkg", "--int8")
+    assert result.exit_code == 1 and "full-int8: top-1 agreement" in result.output
+    assert not (tmp_path / "pkg").exists()
+
+
+def test_int8_prediction_does_not_import_torch(package: Path) -> None:
+    code = (
+        "import sys, numpy as np\n"
+        "from memo_edge.runtime import load\n"
+        f"rt = load({str(package)!r}, backend='ort-cpu')\n"
+        "assert rt.backend.precision == 'int8'\n"
+        "rt.predict(np.zeros((3, 32, 32, 3), np.uint8))\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
