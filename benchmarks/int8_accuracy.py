@@ -4,8 +4,10 @@ For each run directory: ``export_run(..., int8=True)`` of its last task into a t
 (the int8 graph calibrated on the task's exemplars, as ``memo-edge export --int8`` does), then on
 every test image of the classes seen so far: top-1 accuracy of ``ort-cpu`` with ``precision="fp32"``
 and ``"int8"``, their top-1 agreement, and the run's own PyTorch accuracy from results.json.
+With ``--sweep 64,512,...``: the same figures for int8 graphs calibrated on that many exemplars
+(``quantize_full`` of the package's float graph; export itself uses ``CALIBRATION_IMAGES``).
 
-    .venv/bin/python benchmarks/int8_accuracy.py RUN_DIR [RUN_DIR ...] [--write docs/benchmarks.md]
+    .venv/bin/python benchmarks/int8_accuracy.py RUN_DIR [RUN_DIR ...] [--sweep 64,512] [--write docs/benchmarks.md]
 """
 
 from __future__ import annotations
@@ -16,20 +18,27 @@ import json
 import platform
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import onnxruntime
 
 from memo_edge.export.exporter import ExportConfig, export_run
-from memo_edge.export.quantize import CALIBRATION_IMAGES
+from memo_edge.export.quantize import CALIBRATION_IMAGES, calibration_images, quantize_full
+from memo_edge.data.sources import ImageSource
 from memo_edge.runtime.backends import create_backend
 from memo_edge.train.run import read_run_header, run_test_split
 
 from _report import cpu_name, write_section  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 
-def measure(run: Path, workdir: Path, batch: int = 256) -> dict[str, object]:
+def top1(fn: Callable[[np.ndarray], np.ndarray], test: ImageSource, batch: int = 256) -> np.ndarray:
+    return np.concatenate([fn(test.take(np.arange(i, min(i + batch, len(test))))).argmax(1)
+                           for i in range(0, len(test), batch)])
+
+
+def measure(run: Path, workdir: Path, sweep: list[int]) -> dict[str, object]:
     header = read_run_header(run)
     results = json.loads((run / "results.json").read_text())
     start = time.perf_counter()
@@ -37,14 +46,18 @@ def measure(run: Path, workdir: Path, batch: int = 256) -> dict[str, object]:
     export_s = time.perf_counter() - start
     task = len(version.manifest.task_classes) - 1
     test = run_test_split(header, task)
-    fp32 = create_backend("ort-cpu", version, precision="fp32")
-    int8 = create_backend("ort-cpu", version, precision="int8")
-    a, b = [], []
-    for i in range(0, len(test), batch):
-        images = test.take(np.arange(i, min(i + batch, len(test))))
-        a.append(fp32.logits(images).argmax(1))
-        b.append(int8.logits(images).argmax(1))
-    top_fp32, top_int8, labels = np.concatenate(a), np.concatenate(b), test.labels
+    top_fp32 = top1(create_backend("ort-cpu", version, precision="fp32").logits, test)
+    top_int8 = top1(create_backend("ort-cpu", version, precision="int8").logits, test)
+    labels = test.labels
+    exemplars, _ = version.exemplars()
+    full = version.path(version.manifest.file("full")).read_bytes()
+    swept = {}
+    for count in sweep:
+        session = onnxruntime.InferenceSession(
+            quantize_full(full, calibration_images(exemplars.images, exemplars.labels, count)),
+            providers=["CPUExecutionProvider"])
+        top = top1(lambda x: session.run(None, {"image": x})[0], test)
+        swept[min(count, len(exemplars))] = (100 * float(np.mean(top == labels)), 100 * float(np.mean(top == top_fp32)))
     c = header["config"]
     return {
         "run": f"{c['dataset']} {c['scenario']} ({c.get('classes') or 'all'} classes), {c['backbone']}, "
@@ -52,7 +65,7 @@ def measure(run: Path, workdir: Path, batch: int = 256) -> dict[str, object]:
         "tasks": task + 1, "images": len(labels), "pytorch": results["tasks"][task]["metrics"]["top1"],
         "fp32": 100 * float(np.mean(top_fp32 == labels)), "int8": 100 * float(np.mean(top_int8 == labels)),
         "agreement": 100 * float(np.mean(top_fp32 == top_int8)), "calibration": min(CALIBRATION_IMAGES, version.manifest.budget.exemplars),
-        "export_s": export_s,
+        "export_s": export_s, "sweep": swept,
     }
 
 
@@ -75,17 +88,24 @@ def to_markdown(rows: list[dict[str, object]], command: str) -> str:
         lines.append(f"| {r['run']} | {r['tasks']} | {r['images']} | {r['pytorch']:.2f}% | {r['fp32']:.2f}% | "
                      f"{r['int8']:.2f}% | {r['int8'] - r['fp32']:+.2f} | {r['agreement']:.2f}% | {r['calibration']} | "
                      f"{r['export_s']:.0f} |")
+    swept = [(r["run"], n, figures) for r in rows for n, figures in r["sweep"].items()]
+    if swept:
+        lines += ["", "Calibration set size (`--sweep`): int8 graphs of the same float graph calibrated on N exemplars.", "",
+                  "| run | calibration images | int8 top-1 | top-1 agreement with fp32 |", "|---|---|---|---|"]
+        lines += [f"| {run} | {n} | {acc:.2f}% | {agree:.2f}% |" for run, n, (acc, agree) in swept]
     return "\n".join(lines) + "\n"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs="+", type=Path, help="trained run directories (memo-edge train --out)")
+    parser.add_argument("--sweep", default="", help="comma-separated calibration set sizes to compare, e.g. 64,512,2000")
     parser.add_argument("--write", type=Path, help="Markdown file whose section to replace, e.g. docs/benchmarks.md")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="memo-int8-accuracy-") as tmp:
-        rows = [measure(run, Path(tmp)) for run in args.runs]
+        rows = [measure(run, Path(tmp), [int(n) for n in args.sweep.split(",") if n]) for run in args.runs]
     command = ".venv/bin/python benchmarks/int8_accuracy.py " + " ".join(map(str, args.runs))
+    command += f" --sweep {args.sweep}" if args.sweep else ""
     section = to_markdown(rows, command + (f" --write {args.write}" if args.write else ""))
     print(section)
     if args.write:
