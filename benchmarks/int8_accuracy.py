@@ -64,7 +64,8 @@ def measure(run: Path, workdir: Path, sweep: list[int]) -> dict[str, object]:
                f"{c['init_epochs']}/{c['epochs']} epochs",
         "tasks": task + 1, "images": len(labels), "pytorch": results["tasks"][task]["metrics"]["top1"],
         "fp32": 100 * float(np.mean(top_fp32 == labels)), "int8": 100 * float(np.mean(top_int8 == labels)),
-        "agreement": 100 * float(np.mean(top_fp32 == top_int8)), "calibration": min(CALIBRATION_IMAGES, version.manifest.budget.exemplars),
+        "agreement": 100 * float(np.mean(top_fp32 == top_int8)),
+        "calibration": min(CALIBRATION_IMAGES, version.manifest.budget.exemplars),
         "export_s": export_s, "sweep": swept,
     }
 

@@ -176,7 +176,8 @@ def budget(as_json: bool, **options: Any) -> None:
 @click.option("--workspace", type=click.IntRange(min=16), default=1024, show_default=True, help="TensorRT workspace (MiB).")
 @click.option("--force", is_flag=True, help="Replace an existing package at --out.")
 def export(run_dir: Path, out: Path, task: int | None, full: bool, int8: bool, verify_images: int,
-           total_budget: int | None, trt: bool, fp16: bool, min_batch: int, opt_batch: int, max_batch: int, workspace: int, force: bool) -> None:
+           total_budget: int | None, trt: bool, fp16: bool, min_batch: int, opt_batch: int, max_batch: int,
+           workspace: int, force: bool) -> None:
     """Export a trained run as a verified package (ONNX, weights, exemplars; TensorRT engines with --trt)."""
     from memo_edge.export.exporter import ExportConfig, export_run
     from memo_edge.export.tensorrt import EngineOptions, ShapeProfile
@@ -256,6 +257,8 @@ def predict(package: Path, inputs: tuple[Path, ...], top: int, batch_size: int, 
               help="Also train the shared trunk (re-exports it) or keep it frozen.")
 @click.option("--device", help="cpu, cuda or cuda:N  [default: cuda when available]")
 @click.option("--seed", type=int, default=1993, show_default=True, help="Training seed.")
+@click.option("--int8/--no-int8", default=None,
+              help="Re-make the int8 full graph, or drop it  [default: as the package has it].")
 def update(package: Path, **options: Any) -> None:
     """Learn a new task on this device and append it as a new package version (same memory budget)."""
     from memo_edge.runtime.update import UpdateConfig, update_package
@@ -266,6 +269,9 @@ def update(package: Path, **options: Any) -> None:
                f"exemplars {m.budget.exemplars} ({m.budget.per_class}/class, {m.budget.exemplar_bytes:,} B) + model "
                f"{m.budget.model_bytes:,} B <= budget {m.budget.total_bytes:,} B; verified (max logit difference "
                f"{v['max_abs_diff']:.1e})")
+    q = m.verification["graphs"].get("full-int8")
+    if q is not None:
+        click.echo(f"int8 full graph re-made: top-1 agreement with float32 {100 * q['top1_agreement']:.1f}%")
 
 
 @main.command()

@@ -86,22 +86,29 @@ def test_calibration_images_cover_every_class() -> None:
     assert len(picked) == 10 and set(labels[picked[:, 0]]) == {0, 1, 2, 3, 4}
 
 
-def test_update_remakes_the_int8_graph(package: Path, tmp_path: Path) -> None:
-    import shutil
-
-    pkg = shutil.copytree(package, tmp_path / "pkg")
-    names = open_package(pkg).manifest.class_names
-    new = [c for c in range(10) if str(c) not in names]
+@pytest.fixture(scope="module")
+def new_classes(package: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The two digits the package has not seen, as an npz dataset for `update`."""
+    new = [c for c in range(10) if str(c) not in open_package(package).manifest.class_names]
     digits = load_dataset("digits")
-    root = tmp_path / "new"
-    root.mkdir()
+    root = tmp_path_factory.mktemp("new")
     for split, source in (("train", digits.train), ("test", digits.test)):
         keep = np.flatnonzero(np.isin(source.labels, new))
         np.savez(root / f"{split}-00.npz", x=source.take(keep), y=np.array([new.index(int(c)) for c in source.labels[keep]]))
     (root / "meta.json").write_text(json.dumps({"class_names": [str(c) for c in new]}))
+    return root
 
+
+UPDATE = ["--epochs", "2", "--batch-size", "32", "--device", "cpu"]
+
+
+def test_update_remakes_the_int8_graph(package: Path, new_classes: Path, tmp_path: Path) -> None:
+    import shutil
+
+    pkg = shutil.copytree(package, tmp_path / "pkg")
     before = open_package(pkg).manifest.file(INT8_ROLE)
-    ok("update", pkg, "--data", f"npz:{root}", "--epochs", "2", "--batch-size", "32", "--device", "cpu")
+    result = ok("update", pkg, "--data", f"npz:{new_classes}", *UPDATE)
+    assert "int8 full graph re-made" in result.output
     version = open_package(pkg)
     after = version.manifest.file(INT8_ROLE)
     assert after is not None and after.sha256 != before.sha256
@@ -110,6 +117,17 @@ def test_update_remakes_the_int8_graph(package: Path, tmp_path: Path) -> None:
     assert rt.backend.precision == "int8"
     images, labels = _seen_test_images(version.manifest.class_names)
     assert rt.predict(images)[1].shape == (len(images), 10)
+
+
+def test_update_can_drop_the_int8_graph(package: Path, new_classes: Path, tmp_path: Path) -> None:
+    import shutil
+
+    pkg = shutil.copytree(package, tmp_path / "pkg")
+    ok("update", pkg, "--data", f"npz:{new_classes}", "--no-int8", *UPDATE)
+    version = open_package(pkg)
+    assert version.manifest.file(INT8_ROLE) is None and INT8_ROLE not in version.manifest.verification["graphs"]
+    assert load(pkg, backend="ort-cpu").backend.precision == "fp32"
+    assert open_package(pkg, version=1).manifest.file(INT8_ROLE) is not None  # the previous version keeps it
 
 
 def test_int8_needs_an_int8_graph_and_the_full_graph(run: Path, tmp_path: Path) -> None:

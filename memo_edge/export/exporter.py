@@ -129,10 +129,10 @@ def package_model(
 
     ``int8``: also the full graph in int8, calibrated on ``exemplars`` (needs ``full``).
     """
-    manifest = model_manifest(1, model, exemplars, spec=spec, class_names=class_names, augment=augment,
-                              total_budget_bytes=total_budget_bytes, source=source or {})
     if int8 and not full:
         raise InputError("int8 quantizes the full graph: it cannot be combined with --no-full")
+    manifest = model_manifest(1, model, exemplars, spec=spec, class_names=class_names, augment=augment,
+                              total_budget_bytes=total_budget_bytes, source=source or {})
     calibration = calibration_images(exemplars.images, exemplars.labels) if int8 else None
     blobs = model_blobs(model, spec, branches=range(model.num_branches), trunk=True, full=full,
                         int8_calibration=calibration)

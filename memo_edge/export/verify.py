@@ -100,7 +100,7 @@ def _check(graphs: dict[str, dict[str, float]], version: PackageVersion) -> None
         for name, g in exact.items() if "disagreements" in g and g["disagreements"] > g["near_ties"]
     ] + [
         f"{name}: top-1 agreement with float32 {g['top1_agreement']:.1%} < {MIN_INT8_AGREEMENT:.0%} "
-        "(export without --int8, or with more exemplars to calibrate on)"
+        "(int8 is optional: export without --int8, or update with --no-int8)"
         for name, g in graphs.items() if name == INT8_ROLE and g["top1_agreement"] < MIN_INT8_AGREEMENT
     ]
     if problems:

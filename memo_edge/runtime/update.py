@@ -48,6 +48,7 @@ class UpdateConfig:
     device: str | None = None
     seed: int = 1993
     verify_images: int = 256
+    int8: bool | None = None  # an int8 full graph in the new version; None: if the current version has one
 
 
 def branch_bytes(manifest: Manifest) -> int:
@@ -118,6 +119,8 @@ def update_package(config: UpdateConfig) -> PackageVersion:
     m = version.manifest
     new_data, new_names = load_new_classes(config.data, m)
     check_budget(m, len(new_names))
+    if config.int8 and m.file("full") is None:
+        raise InputError(f"{config.package}: --int8 quantizes the full graph, which this package does not have")
     device = select_device(config.device)
     torch.manual_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
@@ -143,7 +146,8 @@ def update_package(config: UpdateConfig) -> PackageVersion:
     )
     new_task = model.num_branches - 1
     # An int8 full graph is re-made from the new float graph, calibrated on the new exemplars.
-    calibration = calibration_images(result.exemplars.images, result.exemplars.labels) if m.file(INT8_ROLE) else None
+    int8 = m.file(INT8_ROLE) is not None if config.int8 is None else config.int8
+    calibration = calibration_images(result.exemplars.images, result.exemplars.labels) if int8 else None
     blobs = model_blobs(model, m.input, branches=[new_task], trunk=config.train_base, full=m.file("full") is not None,
                         int8_calibration=calibration)
     kept = [f for f in m.files if (f.role == "trunk" and not config.train_base) or f.role == "branch"]
