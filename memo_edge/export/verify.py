@@ -28,7 +28,7 @@ from memo_edge.runtime.package import INT8_ROLE, PackageVersion
 __all__ = ["REL_TOLERANCE", "MIN_INT8_AGREEMENT", "verify_package", "compare"]
 
 REL_TOLERANCE = 1e-3  # float32 BN folding and kernel choice differ at ~1e-6 relative; 1e-3 flags real errors
-MIN_INT8_AGREEMENT = 0.95  # see docs/export.md for what int8 measured; a broken calibration lands far below
+MIN_INT8_AGREEMENT = 0.95  # a trained CIFAR-100 run measured 96.5-98.1% (docs/benchmarks.md)
 
 
 def compare(reference: np.ndarray, candidate: np.ndarray) -> dict[str, float]:
