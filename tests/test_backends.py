@@ -102,6 +102,7 @@ def test_auto_picks_ort_cpu_here_and_says_so(package: PackageVersion, caplog: py
         backend = create_backend("auto", package, fp16=True)  # fp16 means nothing on the CPU: dropped, logged
     assert isinstance(backend, OrtCpuBackend) and backend.name == "ort-cpu"
     assert "backend auto: using ort-cpu (ignoring fp16)" in caplog.text
+    assert [r.levelno for r in caplog.records if "ignoring" in r.getMessage()] == [logging.WARNING]
 
 
 @cpu_only

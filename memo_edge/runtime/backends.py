@@ -439,7 +439,10 @@ def _pick_auto(options: dict[str, Any]) -> tuple[type[Backend], dict[str, Any]]:
         if problem is None:
             accepted = _option_names(cls)
             ignored = sorted(set(options) - accepted)
-            log.info("backend auto: using %s%s", name, f" (ignoring {', '.join(ignored)})" if ignored else "")
+            # An option the picked backend does not take (say precision=int8 when auto picks tensorrt)
+            # was asked for explicitly: say so louder than the usual choice.
+            (log.warning if ignored else log.info)("backend auto: using %s%s", name,
+                                                   f" (ignoring {', '.join(ignored)})" if ignored else "")
             return cls, {k: v for k, v in options.items() if k in accepted}
         reasons.append(f"{name}: {problem}")
     raise MemoEdgeError("no backend is available: " + "; ".join(reasons))
