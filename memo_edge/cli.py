@@ -41,7 +41,11 @@ class MemoEdgeGroup(click.Group):
 @click.option("-v", "--verbose", is_flag=True, help="Log debug messages (per-epoch losses).")
 def main(verbose: bool) -> None:
     """MEMO class-incremental learning: train on a workstation, deploy to edge GPUs."""
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(message)s")
+    # -v is about memo-edge's own messages: third-party loggers (PIL, matplotlib) stay at WARNING,
+    # or their debug output would bury ours.
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    for name in {"memo_edge", __name__}:  # __name__ is "__main__" under python -m memo_edge.cli
+        logging.getLogger(name).setLevel(logging.DEBUG if verbose else logging.INFO)
 
 
 def _parse_class_order(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[int, ...] | None:
@@ -118,9 +122,16 @@ def train(out: Path | None, resume: Path | None, force: bool, device: str | None
 
 def _print_task(record: Any, num_tasks: int) -> None:
     m = record.metrics
+    # The quota per class, or what is stored beside it: classes with fewer training images than the
+    # quota keep them all, so "1000/class" alone would overstate the memory in use.
+    per_class = f"{record.per_class}/class"
+    if record.exemplars != record.per_class * m["seen_classes"]:
+        stored = record.exemplars / max(m["seen_classes"], 1)
+        shown = f"{stored:.0f}" if stored.is_integer() else f"avg {stored:.1f}"
+        per_class = f"{shown}/class stored, quota {per_class}"
     click.echo(
         f"task-{record.task:02d} ({record.task + 1}/{num_tasks}): {m['seen_classes']} classes  top-1 {m['top1']:.1f}%  "
-        f"NME {m['nme_top1']:.1f}%  exemplars {record.exemplars} ({record.per_class}/class, "
+        f"NME {m['nme_top1']:.1f}%  exemplars {record.exemplars} ({per_class}, "
         f"{record.exemplar_bytes / 2**20:.2f} MiB)  model {record.model_bytes / 2**20:.2f} MiB  "
         f"{record.wall_time_s:.0f}s"
     )

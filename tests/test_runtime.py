@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import signal
@@ -14,46 +13,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
-from memo_edge.cli import main
+from conftest import ORDER, TRAIN, UPDATE, invoke, ok, write_npz  # the fixture `base` is in conftest
 from memo_edge.data.datasets import load_dataset
-from memo_edge.data.scenario import make_class_order
 from memo_edge.errors import InputError
 from memo_edge.runtime import PackageError, load, open_package
 from memo_edge.runtime.package import CATALOG
 from memo_edge.runtime.versions import list_versions
-
-ORDER = make_class_order(10)  # the digits' class order of the reference protocol (seed 1993)
-TRAIN = ["--backbone", "resnet8", "--init-epochs", "8", "--epochs", "8", "--batch-size", "32",
-         "--schedule", "cosine", "--freeze-base", "--device", "cpu"]
-UPDATE = ["--epochs", "8", "--batch-size", "32", "--schedule", "cosine", "--device", "cpu"]
-
-
-def invoke(*args: object):
-    result = CliRunner().invoke(main, [str(a) for a in args])
-    return result
-
-
-def ok(*args: object):
-    result = invoke(*args)
-    assert result.exit_code == 0, result.output
-    return result
-
-
-def write_npz(root: Path, classes: list[int], names: list[str] | None = None) -> Path:
-    """digits images of ``classes`` (original ids) as an npz dataset, labelled 0..k-1 in that order."""
-    digits = load_dataset("digits")
-    root.mkdir(parents=True)
-    files = []
-    for split, source in (("train", digits.train), ("test", digits.test)):
-        keep = np.flatnonzero(np.isin(source.labels, classes))
-        y = np.array([classes.index(int(c)) for c in source.labels[keep]])
-        np.savez(root / f"{split}-00.npz", x=source.take(keep), y=y)
-        files.append({"file": f"{split}-00.npz", "sha256": hashlib.sha256((root / f"{split}-00.npz").read_bytes()).hexdigest()})
-    names = names or [str(c) for c in classes]
-    (root / "meta.json").write_text(json.dumps({"class_names": names, "files": files}))
-    return root
 
 
 def accuracy_on_all_digits(package: Path) -> float:
@@ -62,22 +28,6 @@ def accuracy_on_all_digits(package: Path) -> float:
     labels, _ = rt.predict(test.take(np.arange(len(test))))
     predicted = np.array([int(rt.class_names[k]) for k in labels])
     return 100.0 * float(np.mean(predicted == test.labels))
-
-
-@pytest.fixture(scope="module")
-def base(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """Tasks 1-3 (6 classes) trained and exported; tasks 4 and 5 as npz datasets for the device."""
-    root = tmp_path_factory.mktemp("runtime")
-    first = write_npz(root / "first6", list(ORDER[:6]))
-    ok("train", "--dataset", f"npz:{first}", "--scenario", "B0Inc2", "--no-shuffle", "--memory", "200",
-       "--out", root / "run", *TRAIN)
-    # Budget: the model after 5 tasks + 200 exemplars, as a DER-style total fixed at export.
-    run_model = json.loads((root / "run" / "results.json").read_text())["tasks"][-1]["model_bytes"]
-    branch = (run_model - 4 * 19_088) // 3
-    total = run_model + 2 * branch + 200 * 3072
-    ok("export", root / "run", "--out", root / "pkg", "--total-budget", total)
-    return {"root": root, "pkg": root / "pkg", "task4": write_npz(root / "task4", list(ORDER[6:8])),
-            "task5": write_npz(root / "task5", list(ORDER[8:10]))}
 
 
 def _copy(package: Path, dest: Path) -> Path:

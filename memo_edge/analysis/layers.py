@@ -40,6 +40,7 @@ from memo_edge.train.augment import TestTransform
 from memo_edge.train.checkpoint import load_checkpoint, verified_states
 from memo_edge.train.run import read_run_header, run_test_split, select_device
 from memo_edge.utils.io import atomic_open, atomic_write_json
+from memo_edge.utils.paths import check_separate
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -285,6 +286,7 @@ def analyze_layers(
         raise InputError(f"run directory {run_dir} does not exist")
     device = select_device(str(device))  # a bad --device fails before any work
     header = read_run_header(run_dir)
+    check_separate(out, run_dir, what="layer analysis")  # after the header: "not a run" says more
     verified = verified_states(run_dir)
     tasks = len(verified)
     if tasks < 2:

@@ -6,7 +6,15 @@ them, so device-side code can use sources and scenarios without pulling in the t
 
 from __future__ import annotations
 
-from memo_edge.data.datasets import DATASETS, VALID_SPECS, Dataset, DatasetKind, load_dataset, parse_dataset_spec
+from memo_edge.data.datasets import (
+    DATASETS,
+    VALID_SPECS,
+    Dataset,
+    DatasetKind,
+    dataset_dirs,
+    load_dataset,
+    parse_dataset_spec,
+)
 from memo_edge.data.scenario import (
     Scenario,
     build_scenario,
@@ -16,7 +24,15 @@ from memo_edge.data.scenario import (
     remap,
     task_subset,
 )
-from memo_edge.data.sources import ArraySource, ConcatSource, FolderSource, ImageSource, concat_sources
+from memo_edge.data.sources import (
+    ArraySource,
+    ConcatSource,
+    FolderSource,
+    ImageSource,
+    concat_sources,
+    image_file_size,
+    warn_resized,
+)
 
 __all__ = [
     "ArraySource",
@@ -30,6 +46,8 @@ __all__ = [
     "VALID_SPECS",
     "build_scenario",
     "concat_sources",
+    "dataset_dirs",
+    "image_file_size",
     "load_dataset",
     "make_class_order",
     "ordered_class_names",
@@ -37,4 +55,5 @@ __all__ = [
     "parse_scenario",
     "remap",
     "task_subset",
+    "warn_resized",
 ]

@@ -14,6 +14,7 @@ import os
 import time
 import zipfile
 import zlib
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -28,7 +29,7 @@ from memo_edge.utils.io import sha256_file
 
 __all__ = [
     "Dataset", "DatasetKind", "DATASETS", "VALID_SPECS", "parse_dataset_spec", "load_dataset", "pixel_stats", "keep_classes",
-    "folder_source",
+    "folder_source", "dataset_dirs",
 ]
 
 log = logging.getLogger(__name__)
@@ -303,6 +304,11 @@ def _class_names(meta: dict[str, Any], where: str) -> tuple[str, ...] | None:
             names = meta[key]
             if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
                 raise InputError(f"{where}: meta.json '{key}' must be a non-empty list of strings")
+            # A repeated name would make two labels print (and update-match) as one class.
+            repeated = sorted(name for name, count in Counter(names).items() if count > 1)
+            if repeated:
+                shown = ", ".join(repr(n) for n in repeated[:10])
+                raise InputError(f"{where}: meta.json '{key}' repeats class name(s) {shown}; every class needs its own name")
             return tuple(names)
     return None
 
@@ -404,6 +410,13 @@ def parse_dataset_spec(spec: str) -> tuple[DatasetKind, Path | None]:
     if not kind.takes_path and sep:
         raise InputError(f"dataset {spec!r}: {kind.name} takes no path (use --data-dir for cifar100)")
     return kind, (Path(rest).expanduser() if kind.takes_path else None)
+
+
+def dataset_dirs(spec: str, data_dir: str | os.PathLike[str] | None = None) -> tuple[Path, ...]:
+    """The directories ``spec`` reads from (its ``:PATH``, and ``--data-dir`` when given): the inputs
+    an output directory must stay apart from."""
+    _, path = parse_dataset_spec(spec)
+    return tuple(Path(p).expanduser() for p in (path, data_dir) if p)
 
 
 def load_dataset(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -21,7 +22,9 @@ from PIL import Image
 
 from memo_edge.errors import InputError
 
-__all__ = ["ImageSource", "ArraySource", "FolderSource", "ConcatSource", "concat_sources"]
+__all__ = [
+    "ImageSource", "ArraySource", "FolderSource", "ConcatSource", "concat_sources", "image_file_size", "warn_resized",
+]
 
 log = logging.getLogger(__name__)
 
@@ -167,6 +170,38 @@ class FolderSource:
         except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
             raise InputError(f"{path}: cannot read image ({exc})") from exc
         return _resize_center_crop(rgb, self.resize_to, self.image_size)
+
+
+def image_file_size(path: Path) -> tuple[int, int]:
+    """(width, height) of an image file from its header: PIL opens lazily, no pixels are decoded."""
+    try:
+        with Image.open(path) as im:
+            return im.size
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        raise InputError(f"{path}: cannot read image ({exc})") from exc
+
+
+def warn_resized(source: ImageSource, where: str, *, shown: int = 5) -> int:
+    """Log one warning when image files of ``source`` are not already its input size; return how many.
+
+    The rule: image files are resized the way the training data was (shorter side to ``resize_to``,
+    centre crop), while arrays (npz) must match the input shape exactly, so only a ``FolderSource``
+    can hold such images. Reads file headers only, and names an unreadable file before any work.
+    """
+    if not isinstance(source, FolderSource):
+        return 0
+    size = source.image_size
+    sizes = Counter(image_file_size(p) for p in source.paths)
+    other = sorted(((n, wh) for wh, n in sizes.items() if wh != (size, size)), reverse=True)
+    count = sum(n for n, _ in other)
+    if count:
+        listed = ", ".join(f"{w}x{h} ({n})" for n, (w, h) in other[:shown]) + (", ..." if len(other) > shown else "")
+        log.warning(
+            "%s: %d of %d images are not %dx%d (width x height: %s); they are resized as the training data was: "
+            "shorter side to %d, centre crop %dx%d", where, count, len(source), size, size, listed,
+            source.resize_to, size, size,
+        )
+    return count
 
 
 def _resize_center_crop(im: Image.Image, resize_to: int, crop: int) -> np.ndarray:

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
-from memo_edge.data.datasets import load_dataset
+from memo_edge.data.datasets import dataset_dirs, load_dataset
 from memo_edge.data.scenario import build_scenario
 from memo_edge.errors import InputError
 from memo_edge.experiments.methods import get_method, method_model_bytes
@@ -30,6 +30,7 @@ from memo_edge.model import split_parameter_counts
 from memo_edge.train.config import TrainConfig, default_scenario
 from memo_edge.train.run import train
 from memo_edge.utils.io import atomic_open, atomic_write_bytes, atomic_write_json
+from memo_edge.utils.paths import check_separate
 
 __all__ = ["CompareRow", "budget_bytes", "method_exemplars", "compare", "write_table", "auc", "choose_backbone",
            "curve", "CURVE_BACKBONES"]
@@ -78,6 +79,7 @@ def compare(base: TrainConfig, methods: Sequence[str], budget: str, out: Path, *
             on_task: Callable[..., None] | None = None) -> list[CompareRow]:
     """Train every method under one budget into ``out/<method>/``; an interrupted or finished run of
     the same configuration is continued (so a crash costs at most one task)."""
+    check_separate(out, *dataset_dirs(base.dataset, base.data_dir), what="comparison")
     total, num_tasks, img, num_classes = _budget_of(base, budget)
     rows = []
     for name in methods:
@@ -165,6 +167,7 @@ def choose_backbone(method: str, total: int, num_tasks: int, num_classes: int, b
 def curve(base: TrainConfig, methods: Sequence[str], budgets_mib: Sequence[float], out: Path, *,
           force: bool = False, on_task: Callable[..., None] | None = None) -> dict[str, Any]:
     """Accuracy against total memory for each method; AUC-A and AUC-L; curve.json/.md/.png."""
+    check_separate(out, *dataset_dirs(base.dataset, base.data_dir), what="curve")
     _, num_tasks, img, num_classes = _budget_of(base, "aligned")
     points: dict[str, list[dict[str, Any]]] = {m: [] for m in methods}
     for mib in budgets_mib:

@@ -33,6 +33,7 @@ from memo_edge.runtime.package import INT8_ROLE, Budget, InputSpec, Manifest, Pa
 from memo_edge.train.checkpoint import load_checkpoint, verified_states
 from memo_edge.train.results import producer_versions
 from memo_edge.train.run import read_run_header, run_test_split
+from memo_edge.utils.paths import check_separate
 
 __all__ = ["ExportConfig", "export_run", "model_blobs", "model_manifest", "package_model", "exemplar_tasks"]
 
@@ -55,6 +56,8 @@ class ExportConfig:
 
 
 def export_run(config: ExportConfig) -> tuple[PackageVersion, list[EngineRecord]]:
+    # --force replaces --out whole: a package written over (or around) its run would delete the run.
+    check_separate(config.out, config.run_dir, what="package")
     env = probe_environment() if config.trt is not None else None  # before any other work
     if config.out.exists() and any(config.out.iterdir()) and not config.force:
         raise InputError(f"{config.out} exists and is not empty; pass --force to replace it")

@@ -20,17 +20,37 @@ __all__ = ["Runtime", "load", "as_image_batch", "read_inputs"]
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp"}
 
 
+def _first_at(mask: np.ndarray) -> str:
+    """Where the first True of an [N,C,H,W] mask is, in words."""
+    n, ch, row, col = (int(i) for i in np.argwhere(mask)[0])
+    return f"first at image {n}, channel {ch}, row {row}, column {col}"
+
+
+def _check_unit_pixels(x: np.ndarray) -> None:
+    """Float pixels must be finite and in [0, 1]: clipping NaN or 0..255 data would answer garbage."""
+    bad = ~np.isfinite(x)
+    if bad.any():
+        raise InputError(f"float pixels must be finite; {int(bad.sum())} value(s) are NaN or infinite, {_first_at(bad)}")
+    bad = (x < 0.0) | (x > 1.0)
+    if bad.any():
+        lo, hi = float(x.min()), float(x.max())
+        raise InputError(f"float pixels must be in [0, 1] (ToTensor's convention; divide 0..255 data by 255); "
+                         f"{int(bad.sum())} value(s) lie outside (min {lo:g}, max {hi:g}), {_first_at(bad)}")
+
+
 def as_image_batch(batch: Any, spec: InputSpec) -> np.ndarray:
     """uint8 [N,H,W,C] as is; float [N,C,H,W] with pixels in [0, 1] (ToTensor's convention) converted.
 
-    Anything else is refused with the shapes and dtypes that are accepted.
+    Anything else, and float pixels that are not finite or lie outside [0, 1], is refused with what is
+    accepted.
     """
     x = np.asarray(batch)
     h, w, c = spec.shape
     if x.dtype == np.uint8 and x.ndim == 4 and x.shape[1:] == (h, w, c):
         return np.ascontiguousarray(x)
     if x.dtype in (np.float32, np.float64) and x.ndim == 4 and x.shape[1:] == (c, h, w):
-        return np.ascontiguousarray(np.clip(np.rint(x * 255.0), 0, 255).astype(np.uint8).transpose(0, 2, 3, 1))
+        _check_unit_pixels(x)
+        return np.ascontiguousarray(np.rint(x * 255.0).astype(np.uint8).transpose(0, 2, 3, 1))
     raise InputError(f"expected uint8 [N,{h},{w},{c}] (NHWC) or float32 [N,{c},{h},{w}] (NCHW, pixels in 0..1); "
                      f"got {x.dtype} {list(x.shape)}")
 
@@ -59,22 +79,37 @@ def load(path: str | Path, *, backend: str = "auto", version: int | None = None,
     return Runtime(package, create_backend(backend, package, **options))
 
 
+def _image_files(folder: Path) -> list[Path]:
+    """The images under ``folder``, sorted; a directory without any is refused (likely the wrong one)."""
+    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise InputError(f"{folder}: no images found (looked for {', '.join(sorted(IMAGE_SUFFIXES))}, "
+                         "also in subdirectories)")
+    return files
+
+
 def read_inputs(inputs: Sequence[Path], spec: InputSpec, augment: str, batch_size: int) -> Iterator[tuple[list[str], np.ndarray]]:
     """Batches of (names, uint8 images), in the order given, from image files, directories of images
-    and npz files (key ``x``)."""
-    files: list[Path] = []
+    and npz files (key ``x``). Missing paths and directories without images are refused before the
+    first batch, so a refused call prints nothing."""
+    groups: list[Path | list[Path]] = []  # an npz file, or a run of image files
     for item in inputs:
-        if item.suffix == ".npz":
-            yield from _file_batches(files, spec, augment, batch_size)
-            files = []
-            yield from _npz_batches(item, spec, batch_size)
-        elif item.is_dir():
-            files += sorted(p for p in item.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
-        elif item.is_file():
-            files.append(item)
+        if item.suffix == ".npz" and item.is_file():
+            groups.append(item)
+        elif item.is_dir() or item.is_file():
+            found = _image_files(item) if item.is_dir() else [item]
+            last = groups[-1] if groups else None
+            if isinstance(last, list):
+                last += found
+            else:
+                groups.append(found)
         else:
             raise InputError(f"{item}: no such file or directory")
-    yield from _file_batches(files, spec, augment, batch_size)
+    for group in groups:
+        if isinstance(group, list):
+            yield from _file_batches(group, spec, augment, batch_size)
+        else:
+            yield from _npz_batches(group, spec, batch_size)
 
 
 def _file_batches(files: list[Path], spec: InputSpec, augment: str, batch_size: int) -> Iterator[tuple[list[str], np.ndarray]]:

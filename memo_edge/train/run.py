@@ -7,20 +7,20 @@ results files, so a crash loses at most the task in progress.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from memo_edge.data.datasets import Dataset, load_dataset
+from memo_edge.data.datasets import Dataset, dataset_dirs, keep_classes, load_dataset
 from memo_edge.data.sources import ImageSource
-from memo_edge.data.datasets import keep_classes
 from memo_edge.data.scenario import Scenario, build_scenario, make_class_order, ordered_class_names, remap, task_subset
 from memo_edge.errors import InputError
 from memo_edge.experiments.methods import aligned_exemplars, get_method
@@ -42,6 +42,7 @@ from memo_edge.train.recipe import default_train_base, paper_recipe
 from memo_edge.train.results import TaskRecord, producer_versions, write_results
 from memo_edge.train.task import Transforms, learn_task
 from memo_edge.utils.io import atomic_write_json
+from memo_edge.utils.paths import check_separate
 
 __all__ = [
     "RunSetup", "prepare", "train", "resume_config", "select_device", "load_run_data", "read_run_header", "run_test_split",
@@ -199,9 +200,52 @@ def _header(setup: RunSetup) -> dict[str, Any]:
 TaskCallback = Callable[[TaskRecord, int], None]
 
 
+def _first_missing(path: Path) -> Path | None:
+    """The topmost directory that ``path.mkdir(parents=True)`` would create; None when ``path`` exists."""
+    path = path.resolve()
+    if path.exists():
+        return None
+    while not path.parent.exists():
+        path = path.parent
+    return path
+
+
+@contextlib.contextmanager
+def _removed_unless_kept(created: Path | None) -> Iterator[Callable[[], None]]:
+    """Remove ``created`` (a directory this command makes) if the block fails before ``keep()`` is called.
+
+    A refused or interrupted run must not leave a half-made run directory behind; a directory that
+    existed before, or a run with a finished task, is never touched.
+    """
+    kept = created is None
+
+    def keep() -> None:
+        nonlocal kept
+        kept = True
+
+    try:
+        yield keep
+    except BaseException:  # KeyboardInterrupt too: Ctrl-C during task 0 leaves nothing behind
+        if not kept and created is not None and created.is_dir():
+            log.info("removing %s: the run failed before its first task finished", created)
+            shutil.rmtree(created, ignore_errors=True)
+        raise
+
+
 def train(config: TrainConfig, *, resume: bool = False, force: bool = False, on_task: TaskCallback | None = None) -> dict[str, Any]:
-    """Run (or continue) all tasks of ``config``; returns the final results.json content."""
+    """Run (or continue) all tasks of ``config``; returns the final results.json content.
+
+    A new ``out`` that this call creates is removed again if it fails before the first task is saved.
+    """
+    check_separate(config.out, *dataset_dirs(config.dataset, config.data_dir), what="run")
+    created = None if resume else _first_missing(Path(config.out))  # before anything can create it
     setup = prepare(config)
+    with _removed_unless_kept(created) as keep:
+        return _train(setup, resume=resume, force=force, on_task=on_task, keep=keep)
+
+
+def _train(setup: RunSetup, *, resume: bool, force: bool, on_task: TaskCallback | None,
+           keep: Callable[[], None]) -> dict[str, Any]:
     out = Path(setup.config.out)
     header = _header(setup)
     if resume:
@@ -233,6 +277,7 @@ def train(config: TrainConfig, *, resume: bool = False, force: bool = False, on_
         records.append(record)
         state = {"scenario": setup.scenario.to_json(), "record": record.to_json(), "rng": rng_state(generator)}
         save_checkpoint(out, task, model, exemplars, state)
+        keep()  # a finished task is worth keeping whatever happens next
         results = write_results(out, header, records, complete=task + 1 == setup.scenario.num_tasks)
         if on_task is not None:
             on_task(record, setup.scenario.num_tasks)
