@@ -6,6 +6,7 @@ mistake) exits 2, any other ``MemoEdgeError`` exits 1, both as one line without 
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 from pathlib import Path
@@ -26,6 +27,19 @@ class UserError(click.ClickException):
     exit_code = 2
 
 
+# OS errors that describe the user's paths, not a bug: one line and exit 2, like any user mistake.
+_USER_ERRNOS = {
+    errno.EACCES: "permission denied: choose a path you can write to, or change its permissions",
+    errno.EPERM: "operation not permitted: choose a path you can write to, or change its permissions",
+    errno.EROFS: "read-only file system: choose a path on writable storage",
+    errno.EEXIST: "exists and is not a directory: choose another path",
+    errno.ENOTDIR: "a part of this path is a file, not a directory: choose another path",
+    errno.EISDIR: "is a directory, a file was expected",
+    errno.ENOSPC: "no space left on the device: free some space or choose another path",
+    errno.EDQUOT: "disk quota exceeded: free some space or choose another path",
+}
+
+
 class MemoEdgeGroup(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -34,6 +48,10 @@ class MemoEdgeGroup(click.Group):
             raise UserError(str(exc)) from None
         except MemoEdgeError as exc:
             raise click.ClickException(str(exc)) from None
+        except OSError as exc:
+            if exc.errno not in _USER_ERRNOS:
+                raise
+            raise UserError(f"{exc.filename or exc.strerror}: {_USER_ERRNOS[exc.errno]}") from None
 
 
 @click.group(cls=MemoEdgeGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -215,12 +233,18 @@ def export(run_dir: Path, out: Path, task: int | None, full: bool, int8: bool, v
 @click.option("--version", "version", type=click.IntRange(min=1), help="Show this version [default: current].")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output (the manifest).")
 def info(package: Path, version: int | None, as_json: bool) -> None:
-    """What a package holds: classes, tasks, files and sizes, budget, verification."""
+    """What a package holds: classes, tasks, files and sizes, budget, verification.
+
+    Checks the whole package first (SQLite integrity, every kept version's manifest, exemplars and
+    files) and exits 2 naming what is damaged.
+    """
+    from memo_edge.runtime.check import require_intact
     from memo_edge.runtime.info import format_info
     from memo_edge.runtime.package import open_package
 
+    check = require_intact(package, full=True)
     pkg = open_package(package, version=version)
-    click.echo(json.dumps(pkg.manifest.to_json(), indent=2) if as_json else format_info(pkg))
+    click.echo(json.dumps(pkg.manifest.to_json(), indent=2) if as_json else format_info(pkg, check))
 
 
 def _backend_option(f: Any) -> Any:

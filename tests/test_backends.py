@@ -122,12 +122,12 @@ def test_unavailable_backend_says_what_is_missing(package: PackageVersion, name:
 
 
 def test_unknown_backend_lists_the_valid_ones(package: PackageVersion) -> None:
-    with pytest.raises(MemoEdgeError, match="unknown backend 'onnx'; choose from auto, ort-cpu, ort-cuda, ort-trt, tensorrt"):
+    with pytest.raises(InputError, match="unknown backend 'onnx'; choose from auto, ort-cpu, ort-cuda, ort-trt, tensorrt"):
         create_backend("onnx", package)
 
 
 def test_an_option_the_named_backend_does_not_take_is_refused(package: PackageVersion) -> None:
-    with pytest.raises(MemoEdgeError, match="backend ort-cpu has no option fp16"):
+    with pytest.raises(InputError, match="backend ort-cpu has no option fp16"):
         create_backend("ort-cpu", package, fp16=True)
 
 

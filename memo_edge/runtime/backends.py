@@ -48,7 +48,7 @@ from memo_edge.export.tensorrt import (
 )
 from memo_edge.runtime import cuda
 from memo_edge.runtime.head import Head
-from memo_edge.runtime.package import INT8_ROLE, FileEntry, PackageVersion
+from memo_edge.runtime.package import INT8_ROLE, FileEntry, PackageError, PackageVersion
 
 __all__ = [
     "Backend",
@@ -113,6 +113,9 @@ class Backend(ABC):
             raise MemoEdgeError(f"{version.root}: the manifest lists no head")
         self.version = version
         self.head = Head.load(version.path(head))
+        if self.head.weight.shape[0] != len(m.class_names):
+            raise PackageError(f"{version.path(head)}: the head has {self.head.weight.shape[0]} classes, the manifest "
+                               f"of version {m.version} names {len(m.class_names)}")
         self.tasks = len(m.branches())
         self.has_full = use_full and m.file(self.full_role) is not None
         self._graphs: dict[str, GraphFn] = {}
@@ -460,11 +463,11 @@ def create_backend(name: str, version: PackageVersion, **options: Any) -> Backen
         return cls(version, **options)
     cls = BACKENDS.get(name)
     if cls is None:
-        raise MemoEdgeError(f"unknown backend {name!r}; choose from auto, {', '.join(BACKENDS)}")
+        raise InputError(f"unknown backend {name!r}; choose from auto, {', '.join(BACKENDS)}")
     problem = cls.missing()
     if problem is not None:
         raise MemoEdgeError(f"backend {name} is not available here: {problem}")
     unknown = sorted(set(options) - _option_names(cls))
     if unknown:
-        raise MemoEdgeError(f"backend {name} has no option {', '.join(unknown)} (it takes {', '.join(sorted(_option_names(cls)))})")
+        raise InputError(f"backend {name} has no option {', '.join(unknown)} (it takes {', '.join(sorted(_option_names(cls)))})")
     return cls(version, **options)

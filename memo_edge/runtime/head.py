@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 from safetensors.numpy import load_file
 
+from memo_edge.runtime.package import PackageError
+
 __all__ = ["Head", "softmax"]
 
 
@@ -19,7 +21,10 @@ class Head:
     @classmethod
     def load(cls, path: Path) -> Head:
         tensors = load_file(str(path))
-        return cls(tensors["weight"].astype(np.float32), tensors["bias"].astype(np.float32))
+        weight, bias = tensors.get("weight"), tensors.get("bias")
+        if weight is None or bias is None or weight.ndim != 2 or bias.shape != weight.shape[:1]:
+            raise PackageError(f"{path}: not a classifier head (expected weight [classes, features] and bias [classes])")
+        return cls(weight.astype(np.float32), bias.astype(np.float32))
 
     def __call__(self, features: np.ndarray) -> np.ndarray:
         return features @ self.weight.T + self.bias

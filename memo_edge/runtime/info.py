@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from memo_edge.runtime.check import PackageCheck
 from memo_edge.runtime.package import CATALOG, INT8_ROLE, PackageVersion
 
 __all__ = ["format_info"]
@@ -11,7 +12,7 @@ def _mib(n: int) -> str:
     return f"{n / 2**20:.2f} MiB"
 
 
-def format_info(pkg: PackageVersion) -> str:
+def format_info(pkg: PackageVersion, check: PackageCheck | None = None) -> str:
     m = pkg.manifest
     b, inp = m.budget, m.input
     lines = [
@@ -33,6 +34,8 @@ def format_info(pkg: PackageVersion) -> str:
         lines.append(f"verification: {'passed' if v.get('passed') else 'FAILED'} on {v['images']} images "
                      f"({v.get('images_from', '?')}); max |difference| {figures}; top-1 agreement {100 * agree:.1f}%"
                      + (f" (int8: {100 * int8['top1_agreement']:.1f}%)" if int8 else ""))
+    if check is not None:
+        lines.append(f"package check: {check.summary()}")
     lines.append(f"files ({len(m.files)}, {_mib(sum(f.size for f in m.files))}):")
     for f in m.files:
         role = f.role if f.task is None else f"{f.role}-{f.task}"

@@ -35,7 +35,9 @@ from memo_edge.utils.io import atomic_directory, atomic_write_bytes, sha256_file
 
 __all__ = [
     "FORMAT_VERSION", "CATALOG", "INT8_ROLE", "PackageError", "FileEntry", "InputSpec", "Budget", "Manifest",
-    "PackageVersion", "open_package", "write_package", "store_file", "check_name", "exemplar_digest",
+    "PackageVersion", "ReadOnlyPackageError", "open_package", "write_package", "store_file", "check_name",
+    "exemplar_digest", "catalog", "catalog_error", "current_version", "next_version", "read_manifest",
+    "manifest_problem", "writable",
 ]
 
 FORMAT_VERSION = 1
@@ -96,6 +98,10 @@ END;
 
 class PackageError(InputError):
     """A package that is damaged, from an unknown format, or unsafe to read."""
+
+
+class ReadOnlyPackageError(PackageError):
+    """A write (update, rollback) asked of a package on storage this process cannot write."""
 
 
 @dataclass(frozen=True)
@@ -167,16 +173,25 @@ class Manifest:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Manifest:
-        inp = data["input"]
+        """Parse a manifest; a field of the wrong shape raises ValueError naming the field."""
+
+        def field_(name: str, parse: Callable[[Any], Any]) -> Any:
+            try:
+                return parse(data[name])
+            except KeyError:
+                raise
+            except (TypeError, ValueError, AttributeError) as exc:
+                raise ValueError(f"{name}: {exc}") from None
+
         return cls(
-            version=int(data["version"]),
-            class_names=tuple(data["class_names"]),
-            task_classes=tuple((int(a), int(b)) for a, b in data["task_classes"]),
-            input=InputSpec(**{**inp, "mean": tuple(inp["mean"]), "std": tuple(inp["std"])}),
-            model=dict(data["model"]),
-            budget=Budget(**data["budget"]),
-            files=tuple(FileEntry(**f) for f in data["files"]),
-            opset=int(data["opset"]),
+            version=field_("version", int),
+            class_names=field_("class_names", tuple),
+            task_classes=field_("task_classes", lambda v: tuple((int(a), int(b)) for a, b in v)),
+            input=field_("input", lambda v: InputSpec(**{**v, "mean": tuple(v["mean"]), "std": tuple(v["std"])})),
+            model=field_("model", dict),
+            budget=field_("budget", lambda v: Budget(**v)),
+            files=field_("files", lambda v: tuple(FileEntry(**f) for f in v)),
+            opset=field_("opset", int),
             verification=dict(data.get("verification", {})),
             producer=dict(data.get("producer", {})),
             source=dict(data.get("source", {})),
@@ -213,14 +228,81 @@ def exemplar_digest(exemplars: ExemplarSet, tasks: np.ndarray) -> str:
     return h.hexdigest()
 
 
-# -- writing ----------------------------------------------------------------------------------------
+# -- the catalog ----------------------------------------------------------------------------------
+
+# Rollback-journal mode, not WAL: after every write the catalog is one self-contained file, so a
+# package copied to read-only media (a read-only root filesystem, a mounted image) opens with no
+# -wal/-shm files beside it, and readers never create any. Writes are rare (update, rollback) and short.
+_JOURNAL_MODE = "DELETE"
+BUSY_TIMEOUT_S = 30.0  # a reader waits this long for a committing writer, and vice versa
+
+
+def writable(root: Path) -> bool:
+    """Can this process write the package directory and its catalog (False on read-only media)?"""
+    catalog = root / CATALOG
+    return os.access(root, os.W_OK) and (not catalog.exists() or os.access(catalog, os.W_OK))
 
 
 def connect(path: Path, *, readonly: bool) -> sqlite3.Connection:
-    uri = f"file:{path}?mode=ro" if readonly else f"file:{path}?mode=rwc"
-    conn = sqlite3.connect(uri, uri=True, isolation_level=None)  # explicit BEGIN/COMMIT below
+    """A connection to the catalog at ``path``; use :func:`catalog` unless you manage errors yourself.
+
+    A reader on writable storage opens read-write but query-only, so that SQLite can roll back the
+    journal of a writer that was killed mid-transaction; on read-only storage it opens read-only, and
+    immutable for a catalog left in WAL mode by an older memo-edge (it cannot be opened otherwise).
+    """
+    if readonly and not writable(path.parent):
+        legacy_wal = _header_says_wal(path) and not path.with_name(path.name + "-wal").exists()
+        uri = f"file:{path}?mode=ro" + ("&immutable=1" if legacy_wal else "")
+    else:
+        uri = f"file:{path}?mode={'rw' if readonly else 'rwc'}"
+    conn = sqlite3.connect(uri, uri=True, isolation_level=None, timeout=BUSY_TIMEOUT_S)  # explicit BEGIN/COMMIT
     conn.execute("PRAGMA foreign_keys = ON")
+    if readonly:
+        conn.execute("PRAGMA query_only = ON")
     return conn
+
+
+def _header_says_wal(path: Path) -> bool:
+    """SQLite's file header: bytes 18-19 are 2 for a database in WAL mode."""
+    try:
+        with open(path, "rb") as f:
+            header = f.read(20)
+    except OSError:
+        return False
+    return len(header) == 20 and header[18:20] == b"\x02\x02"
+
+
+@contextlib.contextmanager
+def catalog(root: Path, *, readonly: bool = True) -> Iterator[sqlite3.Connection]:
+    """A connection to ``root``'s catalog, closed afterwards; SQLite errors become one-line PackageErrors."""
+    path = root / CATALOG
+    if not path.is_file():
+        raise PackageError(f"{root} is not a memo-edge package ({CATALOG} missing)")
+    try:
+        conn = connect(path, readonly=readonly)
+        try:
+            if not readonly:
+                conn.execute(f"PRAGMA journal_mode = {_JOURNAL_MODE}")  # converts a WAL catalog of older packages
+            yield conn
+        finally:
+            conn.close()
+    except sqlite3.IntegrityError:
+        raise  # a refused insert: the caller says what it means
+    except sqlite3.DatabaseError as exc:
+        raise catalog_error(root, exc) from None
+
+
+def catalog_error(root: Path, exc: sqlite3.DatabaseError) -> PackageError:
+    """What a SQLite error on the catalog means for the user, as one line."""
+    text = str(exc)
+    if "readonly" in text or "read-only" in text:
+        if not writable(root):
+            return ReadOnlyPackageError(f"{root} is read-only ({text}); copy the package to writable storage to change it")
+        return PackageError(f"{root / CATALOG}: {text}; a killed writer left a journal that only a writable open "
+                            "can roll back (run memo-edge info on writable storage)")
+    if "locked" in text or "busy" in text:
+        return PackageError(f"{root / CATALOG} is busy: another process kept it locked for {BUSY_TIMEOUT_S:.0f} s; try again")
+    return PackageError(f"{root / CATALOG} is damaged: {text} (memo-edge info {root} runs a full check)")
 
 
 @contextlib.contextmanager
@@ -234,18 +316,46 @@ def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
     conn.execute("COMMIT")
 
 
+def current_version(conn: sqlite3.Connection) -> int | None:
+    row = conn.execute("SELECT version FROM head WHERE id = 0").fetchone()
+    return None if row is None else int(row[0])
+
+
+def next_version(root: Path) -> int:
+    """The number of the next version: above every version ever kept, so one after a rollback is new too."""
+    with catalog(root) as conn:
+        row = conn.execute("SELECT MAX(version) FROM versions").fetchone()
+        mark = conn.execute("SELECT value FROM meta WHERE key = 'last_version'").fetchone()
+    return max(int(row[0] or 0), int(mark[0]) if mark else 0) + 1
+
+
+# -- writing ----------------------------------------------------------------------------------------
+
+
 def _manifest_text(manifest: Manifest) -> str:
     return json.dumps(manifest.to_json(), sort_keys=True, separators=(",", ":"))
 
 
 def add_version(conn: sqlite3.Connection, manifest: Manifest, exemplars: ExemplarSet, tasks: np.ndarray) -> None:
-    """Insert one version, its budget and its exemplar rows and make it current, in one transaction."""
+    """Insert one version, its budget and its exemplar rows and make it current, in one transaction.
+
+    The version must be derived from the current one (``manifest.parent``; None for a new package):
+    a commit that finds the current version changed under it, or its number taken, is refused.
+    """
     text = _manifest_text(manifest)
     rows = ((manifest.version, int(l), int(r), int(t), sqlite3.Binary(img.tobytes()))
             for l, r, t, img in zip(exemplars.labels, exemplars.ranks, tasks, exemplars.images))
     with transaction(conn):
+        head = current_version(conn)
+        if head != manifest.parent:
+            raise PackageError(f"version {manifest.version} was derived from version {manifest.parent}, but version "
+                               f"{head} became current meanwhile; not applied")
+        if conn.execute("SELECT 1 FROM versions WHERE version = ?", (manifest.version,)).fetchone():
+            raise PackageError(f"version {manifest.version} exists already; not applied")
         conn.execute("INSERT INTO versions VALUES (?, ?, ?, ?, ?)", (manifest.version, manifest.parent,
                      manifest.created, text, hashlib.sha256(text.encode()).hexdigest()))
+        conn.execute("INSERT INTO meta VALUES ('last_version', ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                     (str(manifest.version),))
         conn.execute("INSERT INTO budgets VALUES (?, ?, ?)",
                      (manifest.version, manifest.budget.total_bytes, manifest.budget.model_bytes))
         try:
@@ -290,13 +400,11 @@ def write_package(
             final = replace(final, verification=verify(PackageVersion(tmp, final)))
         conn = connect(tmp / CATALOG, readonly=False)
         try:
-            # WAL: readers keep reading their version while an update commits the next one.
-            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute(f"PRAGMA journal_mode = {_JOURNAL_MODE}")
             conn.executescript(_SCHEMA)
             with transaction(conn):
                 conn.execute("INSERT INTO meta VALUES ('format_version', ?)", (str(FORMAT_VERSION),))
             add_version(conn, final, exemplars, tasks)
-            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         finally:
             conn.close()
     return final
@@ -317,12 +425,9 @@ class PackageVersion:
 
     def exemplars(self) -> tuple[ExemplarSet, np.ndarray]:
         """The version's exemplar set and the task of each row."""
-        conn = connect(self.root / CATALOG, readonly=True)
-        try:
+        with catalog(self.root) as conn:
             rows = conn.execute("SELECT label, rank, task, image FROM exemplars WHERE version = ? ORDER BY label, rank",
                                 (self.manifest.version,)).fetchall()
-        finally:
-            conn.close()
         shape = self.manifest.input.shape
         if not rows:
             exemplars, tasks = ExemplarSet.empty(shape), np.zeros(0, np.int64)
@@ -345,38 +450,92 @@ class PackageVersion:
 def open_package(root: Path, *, version: int | None = None, verify: bool = True) -> PackageVersion:
     """Open ``root`` at its current (or the given) version; verify every file the version lists."""
     root = Path(root)
-    catalog = root / CATALOG
-    if not catalog.is_file():
-        raise PackageError(f"{root} is not a memo-edge package ({CATALOG} missing)")
-    try:
-        conn = connect(catalog, readonly=True)
-        try:
-            fmt = conn.execute("SELECT value FROM meta WHERE key = 'format_version'").fetchone()
-            if version is None:
-                row = conn.execute("SELECT version FROM head WHERE id = 0").fetchone()
-                version = None if row is None else row[0]
-            found = conn.execute("SELECT manifest, manifest_sha256 FROM versions WHERE version = ?", (version,)).fetchone()
-        finally:
-            conn.close()
-    except sqlite3.DatabaseError as exc:
-        raise PackageError(f"{catalog} is damaged: {exc}") from None
+    with catalog(root) as conn:
+        fmt = conn.execute("SELECT value FROM meta WHERE key = 'format_version'").fetchone()
+        if version is None:
+            version = current_version(conn)
+        found = conn.execute("SELECT manifest, manifest_sha256 FROM versions WHERE version = ?", (version,)).fetchone()
+    where = root / CATALOG
     if fmt is None or fmt[0] != str(FORMAT_VERSION):
-        raise PackageError(f"{catalog}: package format {None if fmt is None else fmt[0]!r}, expected {FORMAT_VERSION}")
+        raise PackageError(f"{where}: package format {None if fmt is None else fmt[0]!r}, expected {FORMAT_VERSION}")
     if found is None:
-        raise PackageError(f"{catalog}: no version {version}")
-    text, expected = found
-    actual = hashlib.sha256(text.encode()).hexdigest()
-    if actual != expected:
-        raise PackageError(f"{catalog}: manifest of version {version} is damaged (sha256 {actual[:16]}..., "
-                           f"expected {expected[:16]}...)")
-    manifest = Manifest.from_json(json.loads(text))
-    if manifest.format_version != FORMAT_VERSION:
-        raise PackageError(f"{catalog}: manifest format {manifest.format_version}, expected {FORMAT_VERSION}")
+        raise PackageError(f"{where}: no version {version}")
+    manifest = read_manifest(where, version, *found)
     for entry in manifest.files:
-        check_name(entry.name)
         if verify:
             verify_file(root, entry)
     return PackageVersion(root, manifest)
+
+
+def read_manifest(where: Path, version: int, text: str, expected_sha256: str) -> Manifest:
+    """A version's manifest from its catalog row: its sha256 checked, parsed, and consistent."""
+    actual = hashlib.sha256(text.encode()).hexdigest()
+    if actual != expected_sha256:
+        raise PackageError(f"{where}: manifest of version {version} is damaged (sha256 {actual[:16]}..., "
+                           f"expected {expected_sha256[:16]}...)")
+    try:
+        data = json.loads(text)
+        if not isinstance(data, dict):
+            raise TypeError("not a JSON object")
+        if data.get("format_version") != FORMAT_VERSION:
+            raise PackageError(f"{where}: manifest format {data.get('format_version')!r}, expected {FORMAT_VERSION}")
+        manifest = Manifest.from_json(data)
+    except KeyError as exc:
+        raise PackageError(f"{where}: manifest of version {version} lacks the field {exc}") from None
+    except (TypeError, ValueError, AttributeError) as exc:
+        raise PackageError(f"{where}: manifest of version {version} is malformed: {exc}") from None
+    problem = manifest_problem(manifest)
+    if problem is None and manifest.version != version:
+        problem = f"version: says {manifest.version}, stored as version {version}"
+    if problem is not None:
+        raise PackageError(f"{where}: manifest of version {version} is inconsistent: {problem}")
+    return manifest
+
+
+_ROLES = ("trunk", "branch", "full", INT8_ROLE, "head", "weights")
+
+
+def manifest_problem(m: Manifest) -> str | None:
+    """The first internal inconsistency of a manifest, naming its field; None if it holds together."""
+    inp, b = m.input, m.budget
+    names = m.class_names
+    if not names or not all(isinstance(n, str) and n for n in names):
+        return "class_names: must be a non-empty list of non-empty strings"
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        return f"class_names: repeated {', '.join(map(repr, dupes[:5]))}"
+    ends = [0] + [end for _, end in m.task_classes]
+    if not m.task_classes or any(a != e or a >= end for (a, end), e in zip(m.task_classes, ends)):
+        return f"task_classes: {list(m.task_classes)} must be consecutive, non-empty label ranges from 0"
+    if ends[-1] != len(names):
+        return f"task_classes: end at {ends[-1]} classes, but class_names lists {len(names)}"
+    sizes = [end - a for a, end in m.task_classes]
+    if list(m.model.get("task_sizes", sizes)) != sizes:
+        return f"model.task_sizes: {m.model.get('task_sizes')} does not match task_classes {sizes}"
+    if min(inp.height, inp.width, inp.channels) < 1 or len(inp.mean) != inp.channels or len(inp.std) != inp.channels:
+        return f"input: {inp.height}x{inp.width}x{inp.channels} with {len(inp.mean)} means and {len(inp.std)} stds"
+    if not all(s > 0 for s in inp.std):
+        return f"input.std: {list(inp.std)} must be positive"
+    if any(not isinstance(v, int) or v < 0 for v in asdict(b).values()):
+        return f"budget: {asdict(b)} must be non-negative integers"
+    if b.bytes_per_exemplar != inp.height * inp.width * inp.channels:
+        return f"budget.bytes_per_exemplar: {b.bytes_per_exemplar}, but the input is {inp.height}x{inp.width}x{inp.channels}"
+    if b.exemplar_bytes != b.exemplars * b.bytes_per_exemplar:
+        return f"budget.exemplar_bytes: {b.exemplar_bytes} for {b.exemplars} exemplars of {b.bytes_per_exemplar} B"
+    if b.model_bytes + b.exemplar_bytes > b.total_bytes:
+        return f"budget: model {b.model_bytes} B + exemplars {b.exemplar_bytes} B exceed the total {b.total_bytes} B"
+    for entry in m.files:
+        check_name(entry.name)
+        if entry.role not in _ROLES:
+            return f"files: unknown role {entry.role!r} ({entry.name})"
+    for role in ("trunk", "head"):
+        if m.file(role) is None:
+            return f"files: no {role}"
+    # One branch per task (MEMO, DER) or fewer (a single-backbone replay package has one).
+    branches = [f.task for f in m.branches()]
+    if not 1 <= len(branches) <= len(m.task_classes) or branches != list(range(len(branches))):
+        return f"files: branch graphs for tasks {branches}, expected tasks 0, 1, ... (at most {len(m.task_classes)})"
+    return None
 
 
 def verify_file(root: Path, entry: FileEntry) -> None:

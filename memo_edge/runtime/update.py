@@ -17,7 +17,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from memo_edge.data.datasets import folder_source, load_dataset
-from memo_edge.data.sources import FolderSource, ImageSource
+from memo_edge.data.sources import FolderSource, ImageSource, warn_resized
 from memo_edge.errors import InputError
 from memo_edge.export.exporter import exemplar_tasks, model_blobs, model_manifest
 from memo_edge.export.quantize import calibration_images
@@ -25,8 +25,10 @@ from memo_edge.export.verify import verify_package
 from memo_edge.memory.alignment import count_parameters
 from memo_edge.memory.policy import MemoryPolicy
 from memo_edge.model import MemoNet, create_backbone
-from memo_edge.runtime.package import INT8_ROLE, Manifest, PackageVersion, open_package
-from memo_edge.runtime.versions import append_version, collect_garbage
+from memo_edge.runtime.check import require_intact
+from memo_edge.runtime.lock import writer_lock
+from memo_edge.runtime.package import INT8_ROLE, Manifest, PackageVersion, next_version, open_package
+from memo_edge.runtime.versions import append_version, collect_garbage, remove_orphans
 from memo_edge.train.augment import TestTransform, build_augment
 from memo_edge.train.recipe import paper_recipe
 from memo_edge.train.run import select_device
@@ -81,6 +83,8 @@ def load_new_classes(spec: str, manifest: Manifest) -> tuple[ImageSource, tuple[
         source, names = _class_folders(Path(spec), inp.height, manifest.model.get("augment", "cifar"))
     if source.image_shape != inp.shape:
         raise InputError(f"{spec}: images are {source.image_shape}, the package expects {inp.shape}")
+    if manifest.model.get("augment", "cifar") == "cifar":  # ImageNet-style images are resized as a rule
+        warn_resized(source, spec)
     clash = sorted(set(names) & set(manifest.class_names))
     if clash:
         raise InputError(f"{spec}: class names already in the package: {', '.join(clash[:10])}; new classes need new names")
@@ -114,7 +118,24 @@ def _load_model(version: PackageVersion) -> MemoNet:
 
 
 def update_package(config: UpdateConfig) -> PackageVersion:
-    """Train one new task on this device and commit it as the package's next version."""
+    """Train one new task on this device and commit it as the package's next version.
+
+    Holds the package's writer lock throughout: a second writer is refused at once, not at the commit.
+    """
+    with writer_lock(config.package, "update"):
+        require_intact(config.package)  # the cheap check: a damaged catalog is refused before any work
+        remove_orphans(config.package)  # what a killed or failed writer left behind
+        try:
+            return _update(config)
+        except BaseException:
+            try:  # this update's files, if it wrote any and did not commit
+                remove_orphans(config.package)
+            except Exception as exc:  # never hide why the update failed; the next writer retries
+                log.warning("could not remove the files of the failed update: %s", exc)
+            raise
+
+
+def _update(config: UpdateConfig) -> PackageVersion:
     version = open_package(config.package)
     m = version.manifest
     new_data, new_names = load_new_classes(config.data, m)
@@ -137,9 +158,11 @@ def update_package(config: UpdateConfig) -> PackageVersion:
         device=device, generator=generator, desc=f"task {model.num_tasks}",
     )
     model = model.cpu().eval()
+    # A new number above every version ever kept (after a rollback the current one is not the newest).
     manifest = replace(
-        model_manifest(m.version + 1, model, result.exemplars, spec=m.input, class_names=(*m.class_names, *new_names),
-                       augment=augment, total_budget_bytes=m.budget.total_bytes,
+        model_manifest(next_version(config.package), model, result.exemplars, spec=m.input,
+                       class_names=(*m.class_names, *new_names), augment=augment,
+                       total_budget_bytes=m.budget.total_bytes,
                        source={**m.source, "update": {"data": config.data, "epochs": config.epochs,
                                                       "train_base": config.train_base}}),
         parent=m.version,
