@@ -28,7 +28,7 @@ from memo_edge.export.exporter import ExportConfig, export_run
 from memo_edge.export.quantize import CALIBRATION_IMAGES, calibration_images, quantize_full
 from memo_edge.data.sources import ImageSource
 from memo_edge.runtime.backends import create_backend
-from memo_edge.train.run import read_run_header, run_test_split
+from memo_edge.train.rundir import read_run_header, run_test_split
 
 from _report import cpu_name, write_section  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 

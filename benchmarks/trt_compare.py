@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from memo_edge.export.tensorrt import (
+from memo_edge.export.exporter import torch_gpu_probe
+from memo_edge.runtime.engine_cache import (
     EngineOptions,
     ShapeProfile,
     engine_graphs,
@@ -61,7 +62,7 @@ class TrtGraph:
 
 
 def compare(package: Path, options: EngineOptions, batch: int) -> dict:
-    trt, env = load_tensorrt(), probe_environment()
+    trt, env = load_tensorrt(), probe_environment(gpu_probe=torch_gpu_probe)
     version = open_package(package)
     ort = OrtCpuBackend(version)
     images = version.exemplars()[0].images[:batch]

@@ -40,6 +40,11 @@ _USER_ERRNOS = {
 }
 
 
+# The base install predicts; these come with an extra (pyproject.toml), named when a command needs one.
+_EXTRAS = {"torch": "train", "torchvision": "train", "matplotlib": "train", "sklearn": "train",
+           "onnx": "onnx", "onnxruntime": "onnx"}
+
+
 class MemoEdgeGroup(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -48,6 +53,12 @@ class MemoEdgeGroup(click.Group):
             raise UserError(str(exc)) from None
         except MemoEdgeError as exc:
             raise click.ClickException(str(exc)) from None
+        except ModuleNotFoundError as exc:  # before OSError's branch: it is an ImportError, not an OSError
+            extra = _EXTRAS.get((exc.name or "").split(".")[0])
+            if extra is None:
+                raise
+            raise UserError(f"memo-edge {ctx.invoked_subcommand} needs {exc.name}, which this install lacks: "
+                            f"pip install 'memo-edge[{extra}]'") from None
         except OSError as exc:
             if exc.errno not in _USER_ERRNOS:
                 raise
@@ -177,7 +188,7 @@ def _print_summary(results: dict[str, Any], out: Path) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def budget(as_json: bool, **options: Any) -> None:
     """Memory alignment: one model in exemplars, and the aligned exemplar counts per scenario."""
-    from memo_edge.memory.report import BudgetRequest, budget_report, format_budget_report
+    from memo_edge.model.budget import BudgetRequest, budget_report, format_budget_report
 
     try:
         report = budget_report(BudgetRequest(**options))
@@ -209,7 +220,7 @@ def export(run_dir: Path, out: Path, task: int | None, full: bool, int8: bool, v
            workspace: int, force: bool) -> None:
     """Export a trained run as a verified package (ONNX, weights, exemplars; TensorRT engines with --trt)."""
     from memo_edge.export.exporter import ExportConfig, export_run
-    from memo_edge.export.tensorrt import EngineOptions, ShapeProfile
+    from memo_edge.runtime.engine_cache import EngineOptions, ShapeProfile
 
     try:
         engine = EngineOptions("fp16" if fp16 else "fp32", ShapeProfile(min_batch, opt_batch, max_batch), workspace)
@@ -273,7 +284,7 @@ def predict(package: Path, inputs: tuple[Path, ...], top: int, batch_size: int, 
     manifest = rt.package.manifest
     logging.getLogger(__name__).info("package version %d, backend %s (%s)", manifest.version, rt.backend.name,
                                      rt.backend.precision)
-    for names, images in read_inputs(list(inputs), manifest.input, manifest.model.get("augment", "cifar"), batch_size):
+    for names, images in read_inputs(list(inputs), manifest.input, batch_size):
         _, scores = rt.predict(images)
         order = np.argsort(-scores, axis=1)[:, :top]
         for name, row, best in zip(names, scores, order):
@@ -296,7 +307,7 @@ def predict(package: Path, inputs: tuple[Path, ...], top: int, batch_size: int, 
               help="Re-make the int8 full graph, or drop it  [default: as the package has it].")
 def update(package: Path, **options: Any) -> None:
     """Learn a new task on this device and append it as a new package version (same memory budget)."""
-    from memo_edge.runtime.update import UpdateConfig, update_package
+    from memo_edge.device.update import UpdateConfig, update_package
 
     version = update_package(UpdateConfig(package=package, **options))
     m, v = version.manifest, version.manifest.verification["graphs"]["end_to_end"]
@@ -338,7 +349,7 @@ def bench(package: Path, batch: str, backends: tuple[str, ...], iterations: int,
 
 
 def _methods(value: str) -> list[str]:
-    from memo_edge.experiments.methods import method_names
+    from memo_edge.model.methods import method_names
 
     methods = [m.strip() for m in value.split(",") if m.strip()]
     unknown = [m for m in methods if m not in method_names()]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 import json
 import math
 import shutil
@@ -23,7 +22,7 @@ from memo_edge.analysis import (
     stage_kinds,
     stage_names,
 )
-from memo_edge.analysis.layers import newest_branch
+from memo_edge.analysis.stages import newest_branch, stage_layout
 from memo_edge.data.scenario import Scenario, make_class_order
 from memo_edge.errors import InputError
 from memo_edge.model import MemoNet
@@ -112,7 +111,6 @@ def test_stage_names_of_cifar_resnet_and_resnet18() -> None:
     assert [stage_kinds(big)[n] for n in stage_names(big)] == ["trunk"] * 4 + ["branch"]
 
 
-@pytest.mark.skipif("grow" not in inspect.signature(MemoNet).parameters, reason="MemoNet without split=0 / grow")
 def test_stages_of_the_baseline_networks() -> None:
     der = MemoNet("resnet8", split=0)  # nothing shared: the stem lives in every branch
     der.expand(2)
@@ -126,6 +124,14 @@ def test_stages_of_the_baseline_networks() -> None:
     single.expand(2)
     assert newest_branch(single) == 0 and newest_branch(der) == 1
     assert stage_names(single) == ["stem", "stage1", "stage2", "stage3"]
+    replay = MemoNet("resnet8", split=0, grow=False)  # the replay baseline: one whole backbone
+    replay.expand(2)
+    replay.expand(2)
+    assert newest_branch(replay) == 0 and stage_kinds(replay) == stage_kinds(der)
+    with pytest.raises(ValueError, match="branch 1"):
+        stage_features(single, images, TestTransform((0.5,) * 3, (0.25,) * 3), 1)
+    with pytest.raises(ValueError, match="no branch yet"):
+        stage_names(MemoNet("resnet8"))
 
 
 def test_stage_features_shapes_and_branch_selection() -> None:
@@ -219,9 +225,12 @@ def test_analyze_layers_pairs_the_right_weights(frozen_run: Path, tmp_path: Path
     run = tmp_path / "run"
     shutil.copytree(frozen_run, run)
     ckpt = load_checkpoint(run, 1)
+    stage1 = next(s for s in stage_layout(ckpt.model) if s.name == "stage1")
+    assert stage1.part == "trunk"
     with torch.no_grad():
-        for p in ckpt.model.trunk[3].parameters():  # trunk = conv, bn, relu, stage1, stage2
-            p.mul_(1.1)
+        for module in ckpt.model.stage_modules(stage1, 0):
+            for p in module.parameters():
+                p.mul_(1.1)
     save_checkpoint(run, 1, ckpt.model, ckpt.exemplars, ckpt.state)
     report = analyze_layers(run, tmp_path / "out", images=64)
     assert report["images"]["count"] == 64
@@ -248,7 +257,7 @@ def test_analyze_layers_needs_two_tasks(frozen_run: Path, tmp_path: Path) -> Non
 def test_images_come_from_task_0_of_a_run_on_a_class_slice() -> None:
     """A run on the first 6 classes of the order (config "classes"): labels 0..5 are order[0..5]."""
     from memo_edge.data.datasets import load_dataset
-    from memo_edge.train.run import run_test_split
+    from memo_edge.train.rundir import run_test_split
 
     header = {"config": {"out": "unused", "dataset": "digits", "classes": 6, "seed": 1993},
               "scenario": Scenario("B0Inc3", tuple(range(6)), (3, 3)).to_json()}

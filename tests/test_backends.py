@@ -4,7 +4,7 @@ package, and the GPU backends against recording fakes of onnxruntime, tensorrt a
 The TensorRT fake follows the TensorRT 10 Python API the backend uses (Runtime.deserialize_cuda_engine,
 ICudaEngine.num_io_tensors / get_tensor_name / get_tensor_mode / get_tensor_dtype, IExecutionContext
 .set_input_shape / get_tensor_shape / set_tensor_address / execute_async_v3) plus the builder calls of
-export/tensorrt.py; the cuda-python fake returns ``(error, *values)`` tuples like cuda.bindings.runtime
+runtime/engine_build.py; the cuda-python fake returns ``(error, *values)`` tuples like cuda.bindings.runtime
 and keeps "device memory" in bytearrays, so the data really travels host -> device -> host.
 """
 
@@ -25,9 +25,8 @@ import torch
 
 from memo_edge.errors import InputError, MemoEdgeError
 from memo_edge.export.exporter import package_model
-from memo_edge.export.tensorrt import engine_graphs
 from memo_edge.export.graphs import Preprocess
-from memo_edge.export.tensorrt import ENGINES_DIR, ShapeProfile
+from memo_edge.runtime.engine_cache import ENGINES_DIR, ShapeProfile, engine_graphs
 from memo_edge.memory.exemplars import ExemplarSet
 from memo_edge.model import MemoNet
 from memo_edge.runtime import backends
@@ -180,7 +179,6 @@ def test_engine_graphs_describe_every_graph(package: PackageVersion) -> None:
     specs = {g.name: g for g in engine_graphs(package)}
     assert set(specs) == {"trunk", "full", *(f"branch-{e.task}" for e in package.manifest.branches())}
     assert specs["trunk"].input_name == "image" and specs["trunk"].input_tail == package.manifest.input.shape
-    assert all(g.refittable == name.startswith("branch") for name, g in specs.items())
 
 
 def test_ort_cpu_inference_does_not_import_torch(package: PackageVersion) -> None:
@@ -242,7 +240,7 @@ GPU_PROVIDERS = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecu
 def test_ort_trt_caches_engines_inside_the_package(monkeypatch: pytest.MonkeyPatch, package: PackageVersion,
                                                    fp16: bool) -> None:
     ort = fake_onnxruntime(GPU_PROVIDERS)
-    monkeypatch.setattr(backends, "load_onnxruntime", lambda: ort)
+    monkeypatch.setattr(backends.ort, "load_onnxruntime", lambda: ort)
     backend = create_backend("ort-trt", package, **({"fp16": True} if fp16 else {}))
     (session,) = ort.sessions  # the full graph only
     assert session["path"] == str(package.path(package.manifest.file("full")))
@@ -258,24 +256,24 @@ def test_ort_trt_caches_engines_inside_the_package(monkeypatch: pytest.MonkeyPat
 
 def test_ort_cuda_puts_cuda_first_then_cpu(monkeypatch: pytest.MonkeyPatch, package: PackageVersion) -> None:
     ort = fake_onnxruntime(GPU_PROVIDERS)
-    monkeypatch.setattr(backends, "load_onnxruntime", lambda: ort)
+    monkeypatch.setattr(backends.ort, "load_onnxruntime", lambda: ort)
     create_backend("ort-cuda", package, use_full=False)
     assert len(ort.sessions) == 3  # trunk and two branches
     assert all(s["providers"] == ["CUDAExecutionProvider", "CPUExecutionProvider"] for s in ort.sessions)
 
 
 def test_auto_prefers_ort_trt_over_ort_cuda(monkeypatch: pytest.MonkeyPatch, package: PackageVersion) -> None:
-    monkeypatch.setattr(backends, "load_onnxruntime", lambda: fake_onnxruntime(GPU_PROVIDERS))
+    monkeypatch.setattr(backends.ort, "load_onnxruntime", lambda: fake_onnxruntime(GPU_PROVIDERS))
     monkeypatch.setattr(TensorRTBackend, "missing", classmethod(lambda cls: "no tensorrt"))
     assert create_backend("auto", package).name == "ort-trt"
-    monkeypatch.setattr(backends, "load_onnxruntime", lambda: fake_onnxruntime(GPU_PROVIDERS[1:]))
+    monkeypatch.setattr(backends.ort, "load_onnxruntime", lambda: fake_onnxruntime(GPU_PROVIDERS[1:]))
     assert create_backend("auto", package).name == "ort-cuda"
 
 
 def test_a_gpu_provider_that_falls_back_to_the_cpu_is_refused(monkeypatch: pytest.MonkeyPatch,
                                                               package: PackageVersion) -> None:
     ort = fake_onnxruntime(GPU_PROVIDERS, active=["CPUExecutionProvider"])
-    monkeypatch.setattr(backends, "load_onnxruntime", lambda: ort)
+    monkeypatch.setattr(backends.ort, "load_onnxruntime", lambda: ort)
     with pytest.raises(MemoEdgeError, match="could not enable CUDAExecutionProvider for graph full"):
         create_backend("ort-cuda", package)
 
@@ -356,7 +354,7 @@ class FakeBuilderConfig:
 
 
 class FakeTrt:
-    """tensorrt 10.x: the builder calls of export/tensorrt.py and the runtime calls of the backend."""
+    """tensorrt 10.x: the builder calls of runtime/engine_build.py and the runtime calls of the backend."""
 
     __version__ = "10.3.0"
 
@@ -371,7 +369,7 @@ class FakeTrt:
     def nptype(dtype: str) -> type:
         return {"UINT8": np.uint8, "FLOAT": np.float32}[dtype]
 
-    # -- building (export/tensorrt.py) -------------------------------------------------------
+    # -- building (runtime/engine_build.py) -------------------------------------------------------
     def Builder(self, logger: Any) -> SimpleNamespace:  # noqa: N802 (TensorRT's names)
         def build(network: SimpleNamespace, config: FakeBuilderConfig) -> memoryview:
             self.calls.append(("build", network.io["output"]))
@@ -561,3 +559,11 @@ def test_tensorrt_without_cuda_python_says_how_to_install(monkeypatch: pytest.Mo
     message = TensorRTBackend.missing()
     assert message is not None and message.startswith("cuda-python is not installed: pip install 'memo-edge[trt]'")
     assert "TensorRT is not installed" not in message
+
+
+@pytest.mark.parametrize("name", sorted(BACKENDS))
+def test_each_backend_declares_exactly_the_options_it_takes(name: str) -> None:
+    import inspect
+
+    params = inspect.signature(BACKENDS[name].__init__).parameters.values()
+    assert BACKENDS[name].options == {p.name for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY}

@@ -31,7 +31,7 @@ from memo_edge.data.datasets import pixel_stats
 from memo_edge.errors import InputError
 from memo_edge.utils.io import sha256_file
 
-SHARED_CIFAR = Path("/work/shared/datasets/cifar100")
+SHARED_CIFAR = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "cifar100"  # ../shared
 CIFAR_ORDER_START = (68, 56, 78, 8, 23, 84, 90, 65, 74, 76, 40, 89, 3, 92)
 
 
@@ -422,7 +422,7 @@ def test_data_module_does_not_import_torch_or_sklearn():
 
 @pytest.mark.skipif(not SHARED_CIFAR.is_dir(), reason=f"shared CIFAR-100 copy not found at {SHARED_CIFAR}")
 def test_shared_cifar100_npz_copy(caplog):
-    with caplog.at_level(logging.DEBUG, logger="memo_edge.data.datasets"):
+    with caplog.at_level(logging.DEBUG, logger="memo_edge.data"):  # whichever memo_edge.data module checks the files
         ds = load_dataset(f"npz:{SHARED_CIFAR}")
     assert sum("sha256 ok" in r.getMessage() for r in caplog.records) == 6
     assert len(ds.train) == 50000 and len(ds.test) == 10000 and ds.image_shape == (32, 32, 3)

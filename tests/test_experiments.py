@@ -10,8 +10,10 @@ import torch
 from click.testing import CliRunner
 
 from memo_edge.cli import main
+from memo_edge.data.datasets import load_dataset
 from memo_edge.experiments.compare import auc, budget_bytes, choose_backbone, method_exemplars
-from memo_edge.experiments.methods import METHODS, aligned_exemplars, method_model_bytes
+from memo_edge.model.methods import METHODS, aligned_exemplars, method_model_bytes
+from memo_edge.memory.alignment import exemplar_bytes
 from memo_edge.model import MemoNet, split_parameter_counts
 
 
@@ -72,6 +74,32 @@ def test_a_tiny_compare_run_writes_the_table_and_the_plot(tmp_path: Path) -> Non
     # the same command again continues (reuses) the finished runs instead of refusing them
     again = CliRunner().invoke(main, [str(a) for a in args])
     assert again.exit_code == 0 and json.loads((tmp_path / "comparison.json").read_text())["rows"] == rows
+
+
+def test_compare_with_a_split_keeps_every_method_within_the_budget(tmp_path: Path) -> None:
+    # --split 1: MEMO's branches take stages 2 and 3, so its model is bigger than at the default cut and
+    # leaves fewer exemplars; sizing them at the default cut would train over the stated budget.
+    args = ["compare", "--dataset", "digits", "--classes", "4", "--scenario", "B0Inc2", "--backbone", "resnet8",
+            "--split", "1", "--init-epochs", "1", "--epochs", "1", "--batch-size", "64", "--device", "cpu",
+            "--methods", "memo,der", "--memory", "1", "--out", tmp_path]
+    result = CliRunner().invoke(main, [str(a) for a in args])
+    assert result.exit_code == 0, result.output
+    img = exemplar_bytes(load_dataset("digits").image_shape)
+    rows = json.loads((tmp_path / "comparison.json").read_text())["rows"]
+    assert [r["method"] for r in rows] == ["memo", "der"]
+    for r in rows:
+        assert r["model_bytes"] + r["memory"] * img <= r["budget_bytes"] == 2**20, r
+        assert r["budget_bytes"] - r["model_bytes"] - r["memory"] * img < img, r  # and no exemplar slot wasted
+    # B0Inc2 on 4 classes: 2 tasks; the trained model is the one the exemplars were sized for
+    assert rows[0]["model_bytes"] == method_model_bytes(METHODS["memo"], "resnet8", 2, split=1)
+    assert rows[0]["model_bytes"] > method_model_bytes(METHODS["memo"], "resnet8", 2)  # the split was honoured
+
+
+def test_compare_refuses_a_split_the_backbone_lacks(tmp_path: Path) -> None:
+    args = ["compare", "--dataset", "digits", "--scenario", "B0Inc4", "--backbone", "resnet8", "--split", "3",
+            "--device", "cpu", "--methods", "memo", "--out", tmp_path]
+    result = CliRunner().invoke(main, [str(a) for a in args])
+    assert result.exit_code == 2 and "split must be" in result.output, result.output
 
 
 @pytest.mark.slow

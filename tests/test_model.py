@@ -115,3 +115,60 @@ def test_train_mode_keeps_frozen_parts_in_eval() -> None:
     assert net.branches[1].training
     assert not any(p.requires_grad for p in net.branches[0].parameters())
     assert not any(p.requires_grad for p in net.trunk.parameters())
+
+
+# -- declared stages ----------------------------------------------------------------------------
+def _owned(net: MemoNet, branch: int) -> dict[int, str]:
+    """id of every parameter and buffer reached through the declared stages -> its stage (each once)."""
+    owned: dict[int, str] = {}
+    for stage in net.stage_info:
+        for module in net.stage_modules(stage, branch):
+            for t in [*module.parameters(), *module.buffers()]:
+                assert id(t) not in owned, f"{stage.name} shares a tensor with {owned[id(t)]}"
+                owned[id(t)] = stage.name
+    return owned
+
+
+@pytest.mark.parametrize("name", sorted(BACKBONES))
+def test_declared_stages_cover_every_split_exactly_once(name: str) -> None:
+    """Every split (0 = DER, the whole backbone per task) and replay's single branch (grow=False): the
+    stages hold each trunk/branch tensor once, the classifiers none, and run in order they are the forward."""
+    stages = create_backbone(name).stages
+    assert [s.name for s in stages][0] == "stem" and len({s.name for s in stages}) == len(stages)
+    with pytest.raises(ValueError, match="split"):
+        create_backbone(name, split=len(stages) - 1)  # at least one stage stays in the branch
+    size = 32  # ResNet-18 too: its layer4 (reduction 32) is then 1x1
+    x = torch.randn(1, 3, size, size)
+    for split in range(len(stages) - 1):
+        for grow in (True, False):
+            net = MemoNet(name, split=split, grow=grow)
+            net.expand(2)
+            net.expand(3)
+            assert [s.part for s in net.stage_info] == ["trunk"] * (split + 1 if split else 0) + ["branch"] * (
+                len(stages) - (split + 1 if split else 0))
+            assert [s.name for s in net.stage_info] == [s.name for s in stages]
+            net.eval()
+            everything = {id(t) for t in [*net.parameters(), *net.buffers()]}
+            classifiers = {id(p) for fc in (net.fc, net.aux_fc) if fc is not None for p in fc.parameters()}
+            covered: set[int] = set()
+            for b in range(net.num_branches):
+                owned = _owned(net, b)
+                parts = (net.trunk, net.branches[b])
+                expected = {id(t) for part in parts for t in [*part.parameters(), *part.buffers()]}
+                assert set(owned) == expected, (split, grow, b)
+                covered |= set(owned)
+                with torch.no_grad():
+                    outs = list(net.forward_stages(x, b))
+                    pooled = torch.flatten(outs[-1][1].mean(dim=(2, 3)), 1)
+                    torch.testing.assert_close(pooled, net.branches[b](net.trunk(x)), rtol=1e-4, atol=1e-5)
+                for stage, y in outs:
+                    assert tuple(y.shape[1:]) == (stage.channels, size // stage.reduction, size // stage.reduction)
+            assert covered == everything - classifiers  # only the classifiers are deliberately in no stage
+            assert net.feature_dim == stages[-1].channels
+            with pytest.raises(ValueError, match=f"branch {net.num_branches}"):
+                net.stage_modules(stages[-1], net.num_branches)
+
+
+def test_trunk_channels_follow_the_declared_stages() -> None:
+    assert [create_backbone("resnet20", split=s).trunk_channels for s in (0, 1, 2)] == [3, 16, 32]
+    assert [create_backbone("resnet18", split=s).trunk_channels for s in (0, 1, 2, 3)] == [3, 64, 128, 256]

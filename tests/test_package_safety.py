@@ -22,7 +22,8 @@ from memo_edge.data.datasets import load_dataset
 from memo_edge.errors import InputError
 from memo_edge.runtime import PackageError, load, open_package
 from memo_edge.runtime.lock import LOCK_FILE
-from memo_edge.runtime.package import CATALOG, manifest_problem
+from memo_edge.runtime.catalog import CATALOG
+from memo_edge.runtime.manifest import manifest_problem
 from memo_edge.runtime.versions import list_versions
 
 FAST_UPDATE = ["--epochs", "1", "--batch-size", "32", "--device", "cpu"]
@@ -95,7 +96,7 @@ def test_a_failed_update_removes_what_it_wrote(base: dict[str, Path], tmp_path: 
 def test_a_commit_on_a_changed_current_version_is_refused(base: dict[str, Path], tmp_path: Path) -> None:
     from dataclasses import replace
 
-    from memo_edge.runtime.package import catalog, next_version
+    from memo_edge.runtime.catalog import catalog, next_version
     from memo_edge.runtime.versions import append_version
 
     pkg = copy(base["pkg"], tmp_path / "pkg")
@@ -133,15 +134,19 @@ def _wait_for_lock(pkg: Path, proc: subprocess.Popen, limit: float = 60.0) -> No
 @pytest.mark.slow
 def test_a_second_writer_is_refused_at_once_and_the_first_commits(base: dict[str, Path], tmp_path: Path) -> None:
     pkg = copy(base["pkg"], tmp_path / "pkg")
-    first = _start_update(pkg, base["task4"], epochs=40)
+    first = _start_update(pkg, base["task4"], epochs=30)
     try:
         _wait_for_lock(pkg, first)
-        second = cli("update", pkg, "--data", f"npz:{base['task5']}", *FAST_UPDATE)
-        assert_one_line_refusal(second, 2, f"pid {first.pid}", "update", "one writer at a time")
-        rolled = cli("rollback", pkg)
-        assert_one_line_refusal(rolled, 2, f"pid {first.pid}")
+        # Both contenders at once, so the first update is surely still training when they ask.
+        contenders = [subprocess.Popen([sys.executable, "-m", "memo_edge.cli", *map(str, args)], stdout=subprocess.PIPE,
+                                       stderr=subprocess.PIPE, text=True)
+                      for args in (("update", pkg, "--data", f"npz:{base['task5']}", *FAST_UPDATE), ("rollback", pkg))]
+        (second, rolled) = [(c.communicate(timeout=300), c.returncode) for c in contenders]
         assert first.poll() is None, "the refusals came after the first update had finished: the test proves nothing"
-        out, err = first.communicate(timeout=300)
+        for (out, err), code in (second, rolled):
+            assert code == 2 and "Traceback" not in err, out + err
+            assert f"pid {first.pid}" in err and "one writer at a time" in err, err
+        out, err = first.communicate(timeout=900)
     finally:
         first.kill()
     assert first.returncode == 0, err
@@ -412,7 +417,7 @@ def test_update_warns_about_class_folder_images_it_resizes(base: dict[str, Path]
                                                           caplog: pytest.LogCaptureFixture) -> None:
     from PIL import Image
 
-    from memo_edge.runtime.update import load_new_classes
+    from memo_edge.device.update import load_new_classes
 
     for name in ("a", "b"):
         (tmp_path / "new" / name).mkdir(parents=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import signal
 import sqlite3
 import subprocess
@@ -159,17 +160,39 @@ def test_the_database_refuses_exemplars_beyond_the_budget(base: dict[str, Path],
     conn.close()
 
 
-def _update_in_subprocess(package: Path, data: Path, crash_at: str | None, *, kill_after: float | None = None) -> int:
-    """Run ``update`` in a child; it kills itself at ``crash_at``, or is killed after ``kill_after`` s."""
+def _update_in_subprocess(package: Path, data: Path, crash_at: str | None, *, kill_in_training: bool = False) -> int:
+    """Run ``update`` in a child; it kills itself at ``crash_at``, or is killed once it has trained an epoch."""
     env = {**os.environ, **({"MEMO_EDGE_CRASH_AT": crash_at} if crash_at else {})}
-    epochs = "500" if kill_after is not None else "2"  # long enough to be killed mid-training
-    cmd = [sys.executable, "-m", "memo_edge.cli", "update", str(package), "--data", f"npz:{data}",
+    epochs = "500" if kill_in_training else "2"  # long enough to be killed mid-training
+    # -v logs "task K epoch E: loss L" after each epoch: the observable proof that training runs.
+    cmd = [sys.executable, "-m", "memo_edge.cli", "-v", "update", str(package), "--data", f"npz:{data}",
            "--epochs", epochs, "--batch-size", "32", "--device", "cpu"]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    if kill_after is not None:
-        time.sleep(kill_after)
-        proc.send_signal(signal.SIGKILL)
-    return proc.wait(timeout=300)
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE if kill_in_training else subprocess.DEVNULL)
+    try:
+        if kill_in_training:
+            # Not a fixed sleep: on a slow or busy machine the kill could land before training
+            # starts (the test would then prove nothing); an epoch's loss line cannot come earlier.
+            _wait_for_stderr(proc, "epoch 1: loss")
+            proc.send_signal(signal.SIGKILL)
+        return proc.wait(timeout=300)
+    finally:
+        proc.kill()
+        if proc.stderr is not None:
+            proc.stderr.close()
+
+
+def _wait_for_stderr(proc: subprocess.Popen, fragment: str, limit: float = 120.0) -> None:
+    """Read ``proc``'s stderr until it contains ``fragment``; fail if the child exits or ``limit`` s pass."""
+    assert proc.stderr is not None
+    fd, seen, deadline = proc.stderr.fileno(), b"", time.monotonic() + limit
+    while fragment.encode() not in seen:
+        assert time.monotonic() < deadline, f"no {fragment!r} within {limit} s: {seen.decode(errors='replace')}"
+        ready, _, _ = select.select([fd], [], [], 1.0)
+        if ready:
+            chunk = os.read(fd, 65536)
+            assert chunk, f"update exited before {fragment!r}: {seen.decode(errors='replace')}"
+            seen += chunk
 
 
 @pytest.mark.slow
@@ -178,7 +201,7 @@ def test_a_killed_update_leaves_the_previous_version_usable(base: dict[str, Path
     pkg = _copy(base["pkg"], tmp_path / "pkg")
     expected = load(pkg).predict(load_dataset("digits").test.take(np.arange(32)))[1]
     code = _update_in_subprocess(pkg, base["task4"], None if crash_at == "training" else crash_at,
-                                 kill_after=6.0 if crash_at == "training" else None)
+                                 kill_in_training=crash_at == "training")
     assert code == -signal.SIGKILL
     version = open_package(pkg)  # verifies every file of the current version
     assert version.manifest.version == 1 and [v.version for v in list_versions(pkg)] == [1]
@@ -227,7 +250,7 @@ def test_rollback_and_garbage_collection(base: dict[str, Path], tmp_path: Path) 
 def test_new_classes_from_class_folders(base: dict[str, Path], tmp_path: Path) -> None:
     from PIL import Image
 
-    from memo_edge.runtime.update import load_new_classes
+    from memo_edge.device.update import load_new_classes
 
     digits = load_dataset("digits").train
     for name, digit in (("seven", 7), ("eight", 8)):

@@ -1,4 +1,4 @@
-"""memo_edge.export.tensorrt against a recording fake of the ``tensorrt`` module (no GPU, no TensorRT).
+"""The TensorRT engine cache and builder (memo_edge.runtime.engine_cache, engine_build) against a recording fake of the ``tensorrt`` module (no GPU, no TensorRT).
 
 The fakes follow the documented Python API of each version: 10.3 (JetPack 6) still has
 NetworkDefinitionCreationFlag.EXPLICIT_BATCH (deprecated, ignored), BuilderFlag.FP16 and
@@ -21,15 +21,14 @@ from typing import Any
 import pytest
 
 from memo_edge.errors import MemoEdgeError
-from memo_edge.export.tensorrt import (
+from memo_edge.runtime.engine_build import build_engine, build_engines
+from memo_edge.runtime.engine_cache import (
     EngineOptions,
     EngineRecord,
     GpuInfo,
     GraphSpec,
     ShapeProfile,
     TrtEnvironment,
-    build_engine,
-    build_engines,
     engine_key,
     find_engine,
     load_tensorrt,
@@ -261,10 +260,10 @@ def write_onnx(path: Path, content: bytes) -> str:
     return hashlib.sha256(content).hexdigest()
 
 
-def graph(tmp_path: Path, name: str = "trunk", *, content: bytes | None = None, refittable: bool = False) -> GraphSpec:
+def graph(tmp_path: Path, name: str = "trunk", *, content: bytes | None = None) -> GraphSpec:
     onnx = tmp_path / "onnx" / f"{name}.onnx"
     sha = write_onnx(onnx, content if content is not None else f"onnx bytes of {name}".encode())
-    return GraphSpec(name=name, onnx_path=onnx, onnx_sha256=sha, input_name="images", input_tail=TAIL, refittable=refittable)
+    return GraphSpec(name=name, onnx_path=onnx, onnx_sha256=sha, input_name="images", input_tail=TAIL)
 
 
 ENV = TrtEnvironment(tensorrt_version="10.3.0", compute_capability="8.7", gpu_name="Orin")
@@ -328,33 +327,34 @@ def test_build_on_trt10_uses_explicit_batch_and_memory_pool(tmp_path: Path) -> N
     assert ("set_memory_pool_limit", "WORKSPACE", 1024 * MIB) in trt.calls
     assert ("set_shape", "images", (1, 32, 32, 3), (8, 32, 32, 3), (32, 32, 32, 3)) in trt.calls
     assert ("parse", spec.onnx_sha256, str(spec.onnx_path)) in trt.calls
-    assert "set_flag" not in names(trt.calls)  # fp32, not refittable: no builder flags at all
+    assert "set_flag" not in names(trt.calls)  # fp32: no builder flags at all
     assert engine["network_flags"] == 1 and engine["flags"] == [] and engine["max_workspace_size"] is None
     assert engine["pools"] == {"WORKSPACE": 1024 * MIB}
     assert engine["profiles"] == [{"images": [[1, 32, 32, 3], [8, 32, 32, 3], [32, 32, 32, 3]]}]
 
 
-def test_build_on_trt10_fp16_and_refit(tmp_path: Path) -> None:
+def test_build_on_trt10_fp16(tmp_path: Path) -> None:
     trt = trt_10()
     options = EngineOptions(precision="fp16", profile=ShapeProfile(2, 4, 16), workspace_mib=64)
-    engine = decode(build_engine(graph(tmp_path, "branch-0", refittable=True), options, trt=trt))
-    assert engine["flags"] == ["FP16", "REFIT"]
+    engine = decode(build_engine(graph(tmp_path, "branch-0"), options, trt=trt))
+    assert engine["flags"] == ["FP16"]
     assert engine["pools"] == {"WORKSPACE": 64 * MIB}
     assert engine["profiles"] == [{"images": [[2, 32, 32, 3], [4, 32, 32, 3], [16, 32, 32, 3]]}]
 
 
-def test_refit_only_for_refittable_graphs(tmp_path: Path) -> None:
+def test_no_engine_is_built_refittable(tmp_path: Path) -> None:
+    # Nothing refits engines (a new branch gets its own engine), so none pays REFIT's build and speed cost.
     trt = trt_10()
-    trunk = decode(build_engine(graph(tmp_path, "trunk"), EngineOptions(precision="fp16"), trt=trt))
-    branch = decode(build_engine(graph(tmp_path, "branch-0", refittable=True), EngineOptions(precision="fp16"), trt=trt))
-    assert trunk["flags"] == ["FP16"] and branch["flags"] == ["FP16", "REFIT"]
+    for name in ("trunk", "branch-0", "full"):
+        assert decode(build_engine(graph(tmp_path, name), EngineOptions(precision="fp16"), trt=trt))["flags"] == ["FP16"]
+    assert ("set_flag", "REFIT") not in trt.calls
 
 
 def test_build_on_trt11_has_no_explicit_batch_and_no_max_workspace_size(tmp_path: Path) -> None:
     trt = trt_11()
-    engine = decode(build_engine(graph(tmp_path, "branch-1", refittable=True), EngineOptions(workspace_mib=256), trt=trt))
+    engine = decode(build_engine(graph(tmp_path, "branch-1"), EngineOptions(workspace_mib=256), trt=trt))
     assert ("create_network", 0) in trt.calls
-    assert engine["network_flags"] == 0 and engine["flags"] == ["REFIT"]
+    assert engine["network_flags"] == 0 and engine["flags"] == []
     assert engine["pools"] == {"WORKSPACE": 256 * MIB}
     assert "max_workspace_size" not in names(trt.calls)
 
@@ -453,7 +453,6 @@ def test_engine_key_is_stable_and_tracks_every_part() -> None:
         "profile min": engine_key(SHA, ENV, EngineOptions(profile=ShapeProfile(2, 8, 32))),
         "profile opt": engine_key(SHA, ENV, EngineOptions(profile=ShapeProfile(1, 16, 32))),
         "profile max": engine_key(SHA, ENV, EngineOptions(profile=ShapeProfile(1, 8, 64))),
-        "refittable": engine_key(SHA, ENV, EngineOptions(), refittable=True),
     }
     for part, key in variants.items():
         assert key != base, f"changing the {part} must change the key"
@@ -479,22 +478,22 @@ def builds(trt: SimpleNamespace) -> int:
 
 def test_build_engines_writes_engine_and_json_then_hits_the_cache(tmp_path: Path) -> None:
     package, trt = tmp_path / "pkg", trt_10()
-    graphs = [graph(tmp_path, "trunk"), graph(tmp_path, "branch-0", refittable=True)]
+    graphs = [graph(tmp_path, "trunk"), graph(tmp_path, "branch-0")]
     records = build_engines(package, graphs, EngineOptions(), env=ENV, trt=trt, progress=False)
     assert [r.name for r in records] == ["trunk", "branch-0"] and all(r.built for r in records)
     assert builds(trt) == 2
     for spec, record in zip(graphs, records):
-        assert record.key == engine_key(spec.onnx_sha256, ENV, EngineOptions(), refittable=spec.refittable)
+        assert record.key == engine_key(spec.onnx_sha256, ENV, EngineOptions())
         assert record.path == package / "engines" / record.key / f"{spec.name}.engine"
         meta = json.loads((record.path.parent / "engine.json").read_text())
-        assert meta["graph"] == spec.name and meta["key"] == record.key and meta["refittable"] == spec.refittable
+        assert meta["graph"] == spec.name and meta["key"] == record.key and "refittable" not in meta
         assert meta["parts"]["onnx_sha256"] == spec.onnx_sha256 and meta["parts"]["compute_capability"] == "8.7"
         assert meta["parts"]["precision"] == "fp32" and meta["parts"]["profile"] == ShapeProfile().to_json()
         assert meta["tensorrt_version"] == "10.3.0" and meta["input"]["name"] == "images" and meta["input"]["tail"] == list(TAIL)
         assert meta["engine_sha256"] == hashlib.sha256(record.path.read_bytes()).hexdigest()
         assert isinstance(meta["build_seconds"], float)
         assert find_engine(package, spec, ENV, EngineOptions()) == record.path
-    assert decode(records[1].path.read_bytes())["flags"] == ["REFIT"]
+    assert decode(records[1].path.read_bytes())["flags"] == []
 
     again = build_engines(package, graphs, EngineOptions(), env=ENV, trt=trt, progress=False)
     assert builds(trt) == 2  # the fake builder was not called again
@@ -521,7 +520,7 @@ def test_other_precision_or_gpu_is_a_new_engine(tmp_path: Path) -> None:
 
 def test_timing_cache_shared_by_a_package_build(tmp_path: Path) -> None:
     package, trt = tmp_path / "pkg", trt_10()
-    graphs = [graph(tmp_path, "trunk"), graph(tmp_path, "branch-0", refittable=True)]
+    graphs = [graph(tmp_path, "trunk"), graph(tmp_path, "branch-0")]
     records = build_engines(package, graphs, EngineOptions(), env=ENV, trt=trt, progress=False)
     cache = package / "engines" / "timing-10.3.0-sm87.cache"
     assert cache.read_bytes() == b"[timed][timed]"
@@ -574,9 +573,9 @@ def test_build_engines_rejects_duplicate_names_and_version_mismatch(tmp_path: Pa
 
 
 def test_build_engines_probes_the_environment_when_not_given(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import memo_edge.export.tensorrt as mod
+    import memo_edge.runtime.engine_cache as mod
 
-    monkeypatch.setattr(mod, "_torch_gpu_probe", lambda: GpuInfo("8.7", "Orin"))
+    monkeypatch.setattr(mod, "_cuda_gpu_probe", lambda: GpuInfo("8.7", "Orin"))
     record = build_engines(tmp_path, [graph(tmp_path)], EngineOptions(), trt=trt_10(), progress=False)[0]
     assert record.key == engine_key(graph(tmp_path).onnx_sha256, ENV, EngineOptions())
 
@@ -629,19 +628,29 @@ def test_load_tensorrt_without_tensorrt(monkeypatch: pytest.MonkeyPatch) -> None
         probe_environment(gpu_probe=lambda: GpuInfo("9.0", "H100"))
 
 
-def test_default_gpu_probe_uses_torch(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_export_probes_the_gpu_through_torch(monkeypatch: pytest.MonkeyPatch) -> None:
     import torch
+
+    from memo_edge.export.exporter import torch_gpu_probe
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(MemoEdgeError, match="no NVIDIA GPU visible"):
-        probe_environment(import_tensorrt=trt_10)
+        probe_environment(import_tensorrt=trt_10, gpu_probe=torch_gpu_probe)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 7))
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Orin")
+    assert probe_environment(import_tensorrt=trt_10, gpu_probe=torch_gpu_probe) == ENV
+
+
+def test_the_default_gpu_probe_needs_no_torch(monkeypatch: pytest.MonkeyPatch) -> None:
+    import memo_edge.runtime.cuda as cuda
+
+    monkeypatch.setattr(cuda, "load_cudart", lambda: "cudart")
+    monkeypatch.setattr(cuda, "cuda_gpu_probe", lambda rt: GpuInfo("8.7", "Orin") if rt == "cudart" else None)
     assert probe_environment(import_tensorrt=trt_10) == ENV
 
 
 def test_module_imports_without_tensorrt() -> None:
-    code = "import sys; sys.modules['tensorrt'] = None; import memo_edge.export.tensorrt as m; print(m.ShapeProfile().max_batch)"
+    code = "import sys; sys.modules['tensorrt'] = None; import memo_edge.runtime.engine_cache as m; print(m.ShapeProfile().max_batch)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=Path(__file__).parents[1], check=True)
     assert out.stdout.strip() == "32"

@@ -8,13 +8,9 @@ the cifar100 loader only, scikit-learn by the digits loader only.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
-import zipfile
-import zlib
-from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -23,9 +19,9 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from memo_edge.data.sources import ArraySource, FolderSource, ImageSource
+from memo_edge.data.npz_files import listed_files, meta_class_names, meta_stats, read_meta, read_parts, split_files
+from memo_edge.data.sources import ArraySource, FolderSource, ImageSource, eval_resize
 from memo_edge.errors import InputError
-from memo_edge.utils.io import sha256_file
 
 __all__ = [
     "Dataset", "DatasetKind", "DATASETS", "VALID_SPECS", "parse_dataset_spec", "load_dataset", "pixel_stats", "keep_classes",
@@ -184,22 +180,22 @@ def _load_npz(path: Path | None, data_dir: Path | None, download: bool, image_si
     """train-*.npz + test-*.npz (+ meta.json): the portable, pickle-free format for array datasets."""
     root = _existing_dir(path, "npz")
     where = f"npz:{root}"
-    meta = _read_meta(root, where)
-    listed = _listed_files(meta, where)
-    names = _class_names(meta, where)
-    train_files, test_files = (_split_files(root, split, listed, where) for split in ("train", "test"))
-    train_x, train_y = _read_parts(train_files, listed, None if names is None else len(names), where)
+    meta = read_meta(root, where)
+    listed = listed_files(meta, where)
+    names = meta_class_names(meta, where)
+    train_files, test_files = (split_files(root, split, listed, where) for split in ("train", "test"))
+    train_x, train_y = read_parts(train_files, listed, None if names is None else len(names), where)
     if not len(train_y):
         raise InputError(f"{where}: the train-*.npz files hold no images")
     num_classes = len(names) if names is not None else int(train_y.max()) + 1
-    test_x, test_y = _read_parts(test_files, listed, num_classes, where)
+    test_x, test_y = read_parts(test_files, listed, num_classes, where)
     if train_x.shape[1:] != test_x.shape[1:]:
         raise InputError(f"{where}: train images are {train_x.shape[1:]} but test images are {test_x.shape[1:]}")
     _fixed_size(where, train_x.shape[1:3], image_size)
     missing = np.setdiff1d(np.arange(num_classes), train_y)
     if missing.size:
         raise InputError(f"{where}: classes {missing[:10].tolist()} have no training images")
-    mean, std = _meta_stats(meta, where) or pixel_stats(train_x)
+    mean, std = meta_stats(meta, where) or pixel_stats(train_x)
     names = names or tuple(str(c) for c in range(num_classes))
     train, test = ArraySource(train_x, train_y), ArraySource(test_x, test_y)
     return Dataset(f"npz:{root.resolve()}", train, test, names, mean, std, "cifar")
@@ -209,118 +205,6 @@ def _existing_dir(path: Path | None, kind: str) -> Path:
     if path is None or not Path(path).expanduser().is_dir():
         raise InputError(f"{kind}:{path}: no such directory")
     return Path(path).expanduser()
-
-
-def _read_meta(root: Path, where: str) -> dict[str, Any]:
-    file = root / "meta.json"
-    if not file.exists():
-        return {}
-    try:
-        meta = json.loads(file.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InputError(f"{where}: meta.json is not readable JSON ({exc})") from exc
-    if not isinstance(meta, dict):
-        raise InputError(f"{where}: meta.json must hold a JSON object")
-    return meta
-
-
-def _listed_files(meta: dict[str, Any], where: str) -> dict[str, dict[str, Any]]:
-    """meta.json "files": [{"file": name, "sha256": hex, "bytes": n}, ...] keyed by file name."""
-    entries = meta.get("files", [])
-    valid = isinstance(entries, list) and all(isinstance(e, dict) and isinstance(e.get("file"), str) for e in entries)
-    if not valid:
-        raise InputError(f'{where}: meta.json "files" must be a list of {{"file": name, "sha256": hex}}')
-    return {e["file"]: e for e in entries}
-
-
-def _split_files(root: Path, split: str, listed: dict[str, dict[str, Any]], where: str) -> list[Path]:
-    files = sorted(root.glob(f"{split}-*.npz"))
-    present = {f.name for f in files}
-    for name in sorted(listed):
-        if name.startswith(f"{split}-") and name.endswith(".npz") and name not in present:
-            raise InputError(f"{where}: {name} is listed in meta.json but missing")
-    if not files:
-        raise InputError(f"{where}: no {split}-*.npz files")
-    return files
-
-
-def _verify(file: Path, entry: dict[str, Any] | None, where: str) -> None:
-    """Size first (a cheap, clear message for a truncated copy), then the sha256 from meta.json."""
-    if entry is None:
-        return
-    expected_bytes, found_bytes = entry.get("bytes"), file.stat().st_size
-    if isinstance(expected_bytes, int) and found_bytes != expected_bytes:
-        raise InputError(f"{where}: {file.name} size mismatch: expected {expected_bytes} bytes, found {found_bytes}")
-    expected = entry.get("sha256")
-    if isinstance(expected, str):
-        found = sha256_file(file)
-        if found != expected.lower():
-            raise InputError(f"{where}: {file.name} sha256 mismatch: expected {expected}, found {found}")
-        log.debug("%s: %s sha256 ok", where, file.name)
-
-
-def _read_parts(
-    files: list[Path], listed: dict[str, dict[str, Any]], num_classes: int | None, where: str
-) -> tuple[np.ndarray, np.ndarray]:
-    """Verify, read and check each file on its own, so every error names the file to fix."""
-    xs, ys = [], []
-    for file in files:
-        _verify(file, listed.get(file.name), where)
-        x, y = _read_npz(file, where)
-        if xs and x.shape[1:] != xs[0].shape[1:]:
-            raise InputError(f"{where}: {file.name} has images of shape {x.shape[1:]}, others {xs[0].shape[1:]}")
-        bad = (y < 0) | (y >= num_classes) if num_classes is not None else y < 0
-        if bad.any():
-            limit = f"0..{num_classes - 1}" if num_classes is not None else ">= 0"
-            raise InputError(f"{where}: {file.name}: label {y[bad][0]} out of range {limit}")
-        xs.append(x)
-        ys.append(y)
-    return np.concatenate(xs), np.concatenate(ys)
-
-
-def _read_npz(file: Path, where: str) -> tuple[np.ndarray, np.ndarray]:
-    try:
-        with np.load(file, allow_pickle=False) as data:
-            if not isinstance(data, np.lib.npyio.NpzFile):
-                raise InputError(f"{where}: {file.name} is a single array, expected an npz with x and y")
-            missing = {"x", "y"} - set(data.files)
-            if missing:
-                raise InputError(f"{where}: {file.name} lacks key(s) {sorted(missing)}; expected x and y")
-            x, y = data["x"], data["y"]
-    except InputError:
-        raise
-    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error) as exc:
-        raise InputError(f"{where}: {file.name} is corrupted or not an npz file ({exc})") from exc
-    if x.dtype != np.uint8 or x.ndim != 4 or x.shape[-1] != 3:
-        raise InputError(f"{where}: {file.name}: x must be uint8 [N,H,W,3], got {x.dtype} {x.shape}")
-    if y.dtype.kind not in "iu" or y.shape != (len(x),):
-        raise InputError(f"{where}: {file.name}: y must be {len(x)} integer labels, got {y.dtype} {y.shape}")
-    return x, y.astype(np.int64)
-
-
-def _class_names(meta: dict[str, Any], where: str) -> tuple[str, ...] | None:
-    for key in ("class_names", "fine_label_names"):
-        if key in meta:
-            names = meta[key]
-            if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
-                raise InputError(f"{where}: meta.json '{key}' must be a non-empty list of strings")
-            # A repeated name would make two labels print (and update-match) as one class.
-            repeated = sorted(name for name, count in Counter(names).items() if count > 1)
-            if repeated:
-                shown = ", ".join(repr(n) for n in repeated[:10])
-                raise InputError(f"{where}: meta.json '{key}' repeats class name(s) {shown}; every class needs its own name")
-            return tuple(names)
-    return None
-
-
-def _meta_stats(meta: dict[str, Any], where: str) -> tuple[Stats, Stats] | None:
-    stats = meta.get("pixel_stats_train")
-    if stats is None:
-        return None
-    try:
-        return _stats3(stats["mean"]), _stats3(stats["std"])
-    except (TypeError, ValueError, KeyError) as exc:
-        raise InputError(f'{where}: meta.json "pixel_stats_train" needs "mean" and "std" of 3 numbers') from exc
 
 
 # --- imagefolder:PATH ----------------------------------------------------------------------------
@@ -341,7 +225,7 @@ def _load_imagefolder(path: Path | None, data_dir: Path | None, download: bool, 
         raise InputError(
             f"{where}: train/ and val/ class folders differ (only in train: {only_train}, only in val: {only_val})"
         )
-    resize_to = round(size * 256 / 224)
+    resize_to = eval_resize(size, "imagenet")
     train = folder_source(root / "train", classes, size, resize_to, where, require_each=True)
     test = folder_source(root / "val", classes, size, resize_to, where, require_each=False)
     name = f"imagefolder:{root.resolve()}"

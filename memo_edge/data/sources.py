@@ -24,6 +24,7 @@ from memo_edge.errors import InputError
 
 __all__ = [
     "ImageSource", "ArraySource", "FolderSource", "ConcatSource", "concat_sources", "image_file_size", "warn_resized",
+    "eval_resize",
 ]
 
 log = logging.getLogger(__name__)
@@ -202,6 +203,13 @@ def warn_resized(source: ImageSource, where: str, *, shown: int = 5) -> int:
             source.resize_to, size, size,
         )
     return count
+
+
+def eval_resize(size: int, augment: str) -> int:
+    """The shorter side an image file is resized to before its centre crop of ``size`` (the one place
+    of this rule): ``size`` for CIFAR-style data, stored at the input size; 256/224 of it for
+    ImageNet-style data (torchvision's Resize(256) + CenterCrop(224) evaluation view)."""
+    return size if augment == "cifar" else round(size * 256 / 224)
 
 
 def _resize_center_crop(im: Image.Image, resize_to: int, crop: int) -> np.ndarray:

@@ -24,7 +24,7 @@ from matplotlib.figure import Figure
 from memo_edge.data.datasets import dataset_dirs, load_dataset
 from memo_edge.data.scenario import build_scenario
 from memo_edge.errors import InputError
-from memo_edge.experiments.methods import get_method, method_model_bytes
+from memo_edge.model.methods import get_method, method_model_bytes
 from memo_edge.memory.alignment import der_total_bytes, exemplar_bytes, exemplars_that_fit
 from memo_edge.model import split_parameter_counts
 from memo_edge.train.config import TrainConfig, default_scenario
@@ -65,14 +65,24 @@ def budget_bytes(budget: str, backbone: str, num_tasks: int, bytes_per_exemplar:
 
 
 def method_exemplars(method: str, backbone: str, num_tasks: int, total: int, bytes_per_exemplar: int,
-                     num_classes: int) -> int:
-    """Exemplars ``method`` keeps under ``total`` bytes; refuse when not even one per class fits."""
-    model = method_model_bytes(get_method(method), backbone, num_tasks)
+                     num_classes: int, *, split: int | None = None) -> int:
+    """Exemplars ``method`` keeps under ``total`` bytes; refuse when not even one per class fits.
+
+    ``split`` is the run's ``--split`` (MEMO honours it, so its model bytes depend on it).
+    """
+    model = _model_bytes(method, backbone, num_tasks, split)
     count = exemplars_that_fit(total - model, bytes_per_exemplar)
     if count < num_classes:
         raise InputError(f"{method} with {backbone}: the model takes {model:,} B of the {total:,} B budget, "
                          f"leaving {count} exemplars for {num_classes} classes")
     return count
+
+
+def _model_bytes(method: str, backbone: str, num_tasks: int, split: int | None) -> int:
+    try:
+        return method_model_bytes(get_method(method), backbone, num_tasks, split=split)
+    except ValueError as exc:  # e.g. a --split the backbone does not have
+        raise InputError(str(exc)) from None
 
 
 def compare(base: TrainConfig, methods: Sequence[str], budget: str, out: Path, *, force: bool = False,
@@ -83,10 +93,10 @@ def compare(base: TrainConfig, methods: Sequence[str], budget: str, out: Path, *
     total, num_tasks, img, num_classes = _budget_of(base, budget)
     rows = []
     for name in methods:
-        count = method_exemplars(name, base.backbone, num_tasks, total, img, num_classes)
+        count = method_exemplars(name, base.backbone, num_tasks, total, img, num_classes, split=base.split)
         config = replace(base, method=name, memory=str(count), memory_per_class=None, out=str(out / name))
         log.info("%s: %d exemplars, model %s B", name, count,
-                 f"{method_model_bytes(get_method(name), base.backbone, num_tasks):,}")
+                 f"{_model_bytes(name, base.backbone, num_tasks, base.split):,}")
         results = train(config, resume=_same_run_there(config) and not force, force=force, on_task=on_task)
         rows.append(_row(name, base.backbone, total, count, results))
     write_table(rows, out)
@@ -155,10 +165,11 @@ def auc(memory_mib: Sequence[float], accuracy_percent: Sequence[float]) -> float
 
 
 def choose_backbone(method: str, total: int, num_tasks: int, num_classes: int, bytes_per_exemplar: int,
-                    *, min_per_class: int = 5, candidates: Sequence[str] = CURVE_BACKBONES) -> str | None:
+                    *, min_per_class: int = 5, candidates: Sequence[str] = CURVE_BACKBONES,
+                    split: int | None = None) -> str | None:
     """The largest candidate whose final model leaves ``min_per_class`` exemplars per class (our rule)."""
     for backbone in candidates:
-        model = method_model_bytes(get_method(method), backbone, num_tasks)
+        model = _model_bytes(method, backbone, num_tasks, split)
         if total - model >= min_per_class * num_classes * bytes_per_exemplar:
             return backbone
     return None
@@ -173,7 +184,7 @@ def curve(base: TrainConfig, methods: Sequence[str], budgets_mib: Sequence[float
     for mib in budgets_mib:
         total = int(mib * MIB)
         for name in methods:
-            backbone = choose_backbone(name, total, num_tasks, num_classes, img)
+            backbone = choose_backbone(name, total, num_tasks, num_classes, img, split=base.split)
             if backbone is None:
                 log.warning("%s does not fit %.2f MiB with any backbone; skipped", name, mib)
                 continue

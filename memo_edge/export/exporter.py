@@ -20,19 +20,21 @@ from safetensors.numpy import save as save_numpy
 from safetensors.torch import save as save_torch
 
 from memo_edge.data.scenario import Scenario
+from memo_edge.data.sources import eval_resize
 from memo_edge.errors import InputError
 from memo_edge.export import graphs
 from memo_edge.export.quantize import calibration_images, quantize_full
-from memo_edge.export.tensorrt import EngineOptions, EngineRecord, build_engines, engine_graphs, probe_environment
 from memo_edge.export.verify import verify_package
 from memo_edge.memory.alignment import exemplar_bytes
 from memo_edge.memory.exemplars import ExemplarSet
 from memo_edge.memory.policy import MemoryPolicy
 from memo_edge.model import MemoNet
+from memo_edge.runtime.engine_build import build_engines
+from memo_edge.runtime.engine_cache import EngineOptions, EngineRecord, GpuInfo, engine_graphs, probe_environment
 from memo_edge.runtime.package import INT8_ROLE, Budget, InputSpec, Manifest, PackageVersion, open_package, write_package
 from memo_edge.train.checkpoint import load_checkpoint, verified_states
 from memo_edge.train.results import producer_versions
-from memo_edge.train.run import read_run_header, run_test_split
+from memo_edge.train.rundir import read_run_header, run_test_split
 from memo_edge.utils.paths import check_separate
 
 __all__ = ["ExportConfig", "export_run", "model_blobs", "model_manifest", "package_model", "exemplar_tasks"]
@@ -58,7 +60,7 @@ class ExportConfig:
 def export_run(config: ExportConfig) -> tuple[PackageVersion, list[EngineRecord]]:
     # --force replaces --out whole: a package written over (or around) its run would delete the run.
     check_separate(config.out, config.run_dir, what="package")
-    env = probe_environment() if config.trt is not None else None  # before any other work
+    env = probe_environment(gpu_probe=torch_gpu_probe) if config.trt is not None else None  # before any work
     if config.out.exists() and any(config.out.iterdir()) and not config.force:
         raise InputError(f"{config.out} exists and is not empty; pass --force to replace it")
     header = read_run_header(config.run_dir)
@@ -79,6 +81,17 @@ def export_run(config: ExportConfig) -> tuple[PackageVersion, list[EngineRecord]
     )
     engines = build_engines(config.out, engine_graphs(version), config.trt, env=env) if config.trt and env else []
     return version, engines
+
+
+def torch_gpu_probe() -> GpuInfo | None:
+    """The GPU torch sees (export runs where torch is): the device TensorRT will build for."""
+    try:
+        if not torch.cuda.is_available():
+            return None
+        major, minor = torch.cuda.get_device_capability(0)
+        return GpuInfo(f"{major}.{minor}", torch.cuda.get_device_name(0))
+    except RuntimeError:  # a broken driver surfaces here; to the user it is "no GPU"
+        return None
 
 
 def model_blobs(model: MemoNet, spec: InputSpec, *, branches: Sequence[int], trunk: bool, full: bool,
@@ -162,7 +175,8 @@ def _pick_task(run_dir: Path, task: int | None, done: int) -> int:
 
 def _input_spec(header: dict[str, Any]) -> InputSpec:
     h, w, c = header["image_shape"]
-    return InputSpec(h, w, c, tuple(header["normalization"]["mean"]), tuple(header["normalization"]["std"]))
+    return InputSpec(h, w, c, tuple(header["normalization"]["mean"]), tuple(header["normalization"]["std"]),
+                     resize_to=eval_resize(h, header.get("augment", "cifar")))
 
 
 def _verification_images(header: dict[str, Any], task: int, exemplars: ExemplarSet, count: int) -> tuple[np.ndarray, str]:

@@ -7,18 +7,25 @@ pooling form a branch that maps trunk features to a flat feature vector.
 - CIFAR ResNets (depth 6n+2, option-A shortcuts, no conv bias), as in the reference implementation.
 - ImageNet ResNet-18: torchvision's modules, cut after ``layer{split}``.
 - ``resnet8``: a tiny registered variant (one block per stage) so tests run in milliseconds.
+
+Every backbone declares its stages (``Backbone.stages``, in the spirit of timm's ``feature_info``):
+name, the part it lives in, the submodules that compute it, output channels and reduction. Analyses
+read the declaration instead of guessing stages from the module tree.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
 
-__all__ = ["Backbone", "BACKBONES", "create_backbone", "backbone_names"]
+__all__ = ["Backbone", "BACKBONES", "Part", "StageInfo", "create_backbone", "backbone_names"]
+
+Part = Literal["trunk", "branch"]
 
 
 def conv3x3(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
@@ -87,15 +94,56 @@ class Branch(nn.Module):
 
 
 @dataclass(frozen=True)
+class StageInfo:
+    """One stage of a backbone, declared by the code that builds it (like an entry of timm's ``feature_info``).
+
+    ``modules`` are submodule paths (``nn.Module.get_submodule``) inside the part the stage lives in:
+    the trunk (shared by all tasks) or a branch (one copy per task). Run in order, they map the previous
+    stage's output (the image, for the first stage) to this stage's output. Paths, not modules, so one
+    declaration describes the trunk and every branch of every model built from the same backbone.
+    """
+
+    name: str  # "stem", then "stage1".. (CIFAR ResNets) or torchvision's "layer1".. (ResNet-18)
+    part: Part
+    modules: tuple[str, ...]
+    channels: int  # of the output
+    reduction: int  # input side / output side
+
+
+def _declare(rows: Sequence[tuple[str, int, int, int]], split: int) -> tuple[StageInfo, ...]:
+    """Stages for (name, module count, channels, reduction) rows, stem first, laid out as the builders cut them:
+    trunk = Sequential(*stem, *stages[:split]) (nothing when split is 0), branch ``stages`` = the rest."""
+    in_trunk = split + 1 if split else 0
+    infos: list[StageInfo] = []
+    used = {"trunk": 0, "branch": 0}
+    for i, (name, count, channels, reduction) in enumerate(rows):
+        part: Part = "trunk" if i < in_trunk else "branch"
+        prefix = "" if part == "trunk" else "stages."  # a branch holds its modules in Branch.stages
+        paths = tuple(f"{prefix}{used[part] + k}" for k in range(count))
+        used[part] += count
+        infos.append(StageInfo(name, part, paths, channels, reduction))
+    return tuple(infos)
+
+
+@dataclass(frozen=True)
 class Backbone:
-    """A trunk instance plus a factory for fresh branches that fit it."""
+    """A trunk instance plus a factory for fresh branches that fit it, and the stages of both."""
 
     name: str
     split: int
     trunk: nn.Module
     new_branch: Callable[[], nn.Module]
-    feature_dim: int
-    trunk_channels: int
+    stages: tuple[StageInfo, ...]  # forward order: trunk stages, then branch stages
+
+    @property
+    def feature_dim(self) -> int:
+        """Width of a branch's (pooled) output."""
+        return self.stages[-1].channels
+
+    @property
+    def trunk_channels(self) -> int:
+        """Channels of the trunk's output (3, the image, when the trunk is empty)."""
+        return next((s.channels for s in reversed(self.stages) if s.part == "trunk"), 3)
 
 
 _CIFAR_WIDTHS = (16, 32, 64)
@@ -123,8 +171,9 @@ def _cifar_resnet(name: str, depth: int, split: int | None) -> Backbone:
         _init_cifar(branch)
         return branch
 
-    trunk_channels = _CIFAR_WIDTHS[split - 1] if split else 3
-    return Backbone(name, split, trunk, new_branch, _CIFAR_WIDTHS[-1], trunk_channels)
+    # stem: conv, bn, relu; stage i: one nn.Sequential of blocks, stride 2 from stage2 on.
+    rows = [("stem", 3, 16, 1)] + [(f"stage{i + 1}", 1, _CIFAR_WIDTHS[i], 2**i) for i in range(3)]
+    return Backbone(name, split, trunk, new_branch, _declare(rows, split))
 
 
 def _resnet18(name: str, split: int | None) -> Backbone:
@@ -145,8 +194,9 @@ def _resnet18(name: str, split: int | None) -> Backbone:
         fresh = resnet18(weights=None)
         return Branch(nn.Sequential(*([] if split else stem(fresh)), *(getattr(fresh, n) for n in layers[split:])))
 
-    trunk_channels = (3, 64, 128, 256)[split]
-    return Backbone(name, split, trunk, new_branch, 512, trunk_channels)
+    # stem: conv1 (stride 2), bn1, relu, maxpool (stride 2); layer i: torchvision's nn.Sequential.
+    rows = [("stem", 4, 64, 4)] + [(layers[i], 1, 64 * 2**i, 4 * 2**i) for i in range(4)]
+    return Backbone(name, split, trunk, new_branch, _declare(rows, split))
 
 
 def _cifar_factory(depth: int) -> Callable[..., Backbone]:

@@ -15,13 +15,14 @@ Baselines of the paper's comparison are the same network with other settings: DE
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
 
 from memo_edge.memory.alignment import model_bytes
-from memo_edge.model.backbones import Backbone, create_backbone
+from memo_edge.model.backbones import Backbone, StageInfo, create_backbone
 
 __all__ = ["MemoNet", "MemoOutput", "new_linear"]
 
@@ -48,6 +49,7 @@ class MemoNet(nn.Module):
         self.backbone_name = spec.name
         self.split = spec.split
         self.feature_dim = spec.feature_dim
+        self.stage_info: tuple[StageInfo, ...] = spec.stages  # as timm's feature_info: what each stage is
         self._new_branch = spec.new_branch
         self.trunk = spec.trunk
         self.branches = nn.ModuleList()
@@ -147,6 +149,30 @@ class MemoNet(nn.Module):
 
     def forward(self, x: Tensor) -> MemoOutput:
         return self.forward_head(self.forward_features(x))
+
+    # -- stages (for analyses) -----------------------------------------------------------------
+    def stage_modules(self, stage: StageInfo, branch: int) -> tuple[nn.Module, ...]:
+        """The modules of ``stage``: from the trunk, or from branch ``branch`` for a branch stage."""
+        part = self.trunk if stage.part == "trunk" else self._branch(branch)
+        return tuple(part.get_submodule(path) for path in stage.modules)
+
+    def forward_stages(self, x: Tensor, branch: int) -> Iterator[tuple[StageInfo, Tensor]]:
+        """Every stage's output for ``x`` in forward order: the trunk, then branch ``branch`` (before pooling).
+
+        Lazy, unlike timm's ``forward_intermediates``: one stage output is alive at a time, so a caller
+        reducing each map (pooling, a Gram matrix) never holds all of an ImageNet-size pass.
+        """
+        # Resolve every stage first: a bad branch fails before any compute.
+        modules = [(stage, self.stage_modules(stage, branch)) for stage in self.stage_info]
+        for stage, group in modules:
+            for module in group:
+                x = module(x)
+            yield stage, x
+
+    def _branch(self, branch: int) -> nn.Module:
+        if not 0 <= branch < len(self.branches):
+            raise ValueError(f"branch {branch} out of range: the model has {len(self.branches)} branch(es)")
+        return self.branches[branch]
 
     # -- helpers ------------------------------------------------------------------------------
     def _device(self) -> torch.device:

@@ -20,18 +20,9 @@ import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
-from memo_edge.runtime.package import (
-    CATALOG,
-    FORMAT_VERSION,
-    FileEntry,
-    Manifest,
-    PackageError,
-    PackageVersion,
-    connect,
-    current_version,
-    read_manifest,
-    verify_file,
-)
+from memo_edge.runtime.catalog import CATALOG, connect, current_version
+from memo_edge.runtime.manifest import FORMAT_VERSION, FileEntry, Manifest, PackageError, read_manifest
+from memo_edge.runtime.package import PackageVersion, verify_file
 
 __all__ = ["PackageCheck", "check_package", "require_intact"]
 

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from memo_edge.errors import MemoEdgeError
-from memo_edge.export.tensorrt import GpuInfo
+from memo_edge.runtime.engine_cache import GpuInfo
 
 __all__ = ["CUDA_MISSING", "load_cudart", "check", "Cuda", "cuda_gpu_probe"]
 

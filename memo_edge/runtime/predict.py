@@ -88,7 +88,7 @@ def _image_files(folder: Path) -> list[Path]:
     return files
 
 
-def read_inputs(inputs: Sequence[Path], spec: InputSpec, augment: str, batch_size: int) -> Iterator[tuple[list[str], np.ndarray]]:
+def read_inputs(inputs: Sequence[Path], spec: InputSpec, batch_size: int) -> Iterator[tuple[list[str], np.ndarray]]:
     """Batches of (names, uint8 images), in the order given, from image files, directories of images
     and npz files (key ``x``). Missing paths and directories without images are refused before the
     first batch, so a refused call prints nothing."""
@@ -107,18 +107,16 @@ def read_inputs(inputs: Sequence[Path], spec: InputSpec, augment: str, batch_siz
             raise InputError(f"{item}: no such file or directory")
     for group in groups:
         if isinstance(group, list):
-            yield from _file_batches(group, spec, augment, batch_size)
+            yield from _file_batches(group, spec, batch_size)
         else:
             yield from _npz_batches(group, spec, batch_size)
 
 
-def _file_batches(files: list[Path], spec: InputSpec, augment: str, batch_size: int) -> Iterator[tuple[list[str], np.ndarray]]:
+def _file_batches(files: list[Path], spec: InputSpec, batch_size: int) -> Iterator[tuple[list[str], np.ndarray]]:
     if not files:
         return
-    # Resized as the training data was: CIFAR-style packages to the input size, ImageNet-style ones
-    # to 256/224 of it, then centre-cropped (FolderSource does both).
-    resize_to = spec.height if augment == "cifar" else round(spec.height * 256 / 224)
-    source = FolderSource(files, np.zeros(len(files), np.int64), spec.height, resize_to)
+    # Resized as the training data was (the package records how), then centre-cropped.
+    source = FolderSource(files, np.zeros(len(files), np.int64), spec.height, spec.file_resize)
     for start in range(0, len(files), batch_size):
         idx = np.arange(start, min(start + batch_size, len(files)))
         yield [str(files[i]) for i in idx], source.take(idx)

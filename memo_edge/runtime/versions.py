@@ -25,19 +25,9 @@ import numpy as np
 from memo_edge.memory.exemplars import ExemplarSet
 from memo_edge.runtime.check import require_intact
 from memo_edge.runtime.lock import writer_lock
-from memo_edge.runtime.package import (
-    FileEntry,
-    Manifest,
-    PackageError,
-    PackageVersion,
-    add_version,
-    catalog,
-    crash_point,
-    exemplar_digest,
-    open_package,
-    store_file,
-    transaction,
-)
+from memo_edge.runtime.catalog import add_version, catalog, crash_point, transaction
+from memo_edge.runtime.manifest import FileEntry, Manifest, PackageError
+from memo_edge.runtime.package import PackageVersion, exemplar_digest, open_package, store_file
 
 __all__ = ["VersionInfo", "list_versions", "append_version", "rollback", "collect_garbage", "remove_orphans",
            "KEEP_VERSIONS"]

@@ -11,7 +11,7 @@ __all__ = ["TrainConfig", "default_scenario"]
 @dataclass(frozen=True)
 class TrainConfig:
     out: str
-    method: str = "memo"  # memo, der or replay (memo_edge.experiments.methods)
+    method: str = "memo"  # memo, der or replay (memo_edge.model.methods)
     dataset: str = "digits"
     data_dir: str | None = None
     download: bool = False

@@ -19,15 +19,14 @@ from typing import Any
 
 import torch
 
-from memo_edge.data.datasets import Dataset, dataset_dirs, keep_classes, load_dataset
-from memo_edge.data.sources import ImageSource
-from memo_edge.data.scenario import Scenario, build_scenario, make_class_order, ordered_class_names, remap, task_subset
+from memo_edge.data.datasets import Dataset, dataset_dirs
+from memo_edge.data.scenario import Scenario, build_scenario, ordered_class_names, remap, task_subset
 from memo_edge.errors import InputError
-from memo_edge.experiments.methods import aligned_exemplars, get_method
 from memo_edge.memory.alignment import exemplar_bytes
 from memo_edge.memory.exemplars import ExemplarSet
 from memo_edge.memory.policy import MemoryPolicy
 from memo_edge.model import MemoNet, backbone_names, split_parameter_counts
+from memo_edge.model.methods import aligned_exemplars, get_method
 from memo_edge.train.augment import TestTransform, build_augment
 from memo_edge.train.checkpoint import (
     load_checkpoint,
@@ -41,15 +40,14 @@ from memo_edge.train.features import evaluate
 from memo_edge.train.recipe import default_train_base, paper_recipe
 from memo_edge.train.results import TaskRecord, producer_versions, write_results
 from memo_edge.train.task import Transforms, learn_task
+from memo_edge.train.device import select_device
+from memo_edge.train.rundir import CONFIG_FILE, load_run_data, read_run_header
 from memo_edge.utils.io import atomic_write_json
 from memo_edge.utils.paths import check_separate
 
-__all__ = [
-    "RunSetup", "prepare", "train", "resume_config", "select_device", "load_run_data", "read_run_header", "run_test_split",
-]
+__all__ = ["RunSetup", "prepare", "train", "resume_config", "resolve_memory"]
 
 log = logging.getLogger(__name__)
-CONFIG_FILE = "config.json"
 _RUN_FILES = ("config.json", "results.json", "metrics.csv", "accuracy.png", "accuracy_matrix.png")
 
 
@@ -63,18 +61,6 @@ class RunSetup:
     memory: MemoryPolicy
     train_base: bool
     device: torch.device
-
-
-def select_device(name: str | None) -> torch.device:
-    if name is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise InputError(f"unknown device {name!r}; use cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise InputError(f"device {name!r} asked for, but no CUDA GPU is available to torch")
-    return device
 
 
 def resolve_memory(config: TrainConfig, scenario: Scenario, bytes_per_exemplar: int) -> MemoryPolicy:
@@ -98,38 +84,6 @@ def resolve_memory(config: TrainConfig, scenario: Scenario, bytes_per_exemplar: 
             f"for {scenario.num_classes} classes"
         )
     return policy
-
-
-def load_run_data(config: TrainConfig) -> tuple[Dataset, tuple[int, ...]]:
-    """The run's dataset (only its first ``classes`` classes, relabelled, for a slice) and class order."""
-    data_dir = Path(config.data_dir).expanduser() if config.data_dir else None
-    dataset = load_dataset(config.dataset, data_dir=data_dir, download=config.download, image_size=config.image_size)
-    order = make_class_order(dataset.num_classes, seed=config.seed, shuffle=config.shuffle, explicit=config.class_order)
-    if config.classes is not None:
-        if not 2 <= config.classes <= dataset.num_classes:
-            raise InputError(f"--classes {config.classes}: {dataset.name} has {dataset.num_classes} classes")
-        dataset, order = keep_classes(dataset, order[: config.classes]), tuple(range(config.classes))
-    return dataset, order
-
-
-def read_run_header(run_dir: Path) -> dict[str, Any]:
-    """A run directory's config.json (config, scenario, normalisation, class names, ...)."""
-    path = run_dir / CONFIG_FILE
-    if not path.is_file():
-        raise InputError(f"{run_dir} is not a memo-edge run directory ({CONFIG_FILE} missing)")
-    try:
-        header = json.loads(path.read_text())
-        header["config"], header["scenario"]  # noqa: B018  (the keys every reader needs)
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise InputError(f"{path} is damaged: {exc!r}") from None
-    return header
-
-
-def run_test_split(header: dict[str, Any], task: int) -> ImageSource:
-    """Test images of every class a run had seen after ``task``, labelled as the run labels them."""
-    dataset, _ = load_run_data(TrainConfig.from_json(header["config"]))
-    scenario = Scenario.from_json(header["scenario"])
-    return task_subset(remap(dataset.test, scenario), scenario, task, seen=True)
 
 
 def prepare(config: TrainConfig) -> RunSetup:

@@ -27,11 +27,12 @@ from memo_edge.memory.policy import MemoryPolicy
 from memo_edge.model import MemoNet, create_backbone
 from memo_edge.runtime.check import require_intact
 from memo_edge.runtime.lock import writer_lock
-from memo_edge.runtime.package import INT8_ROLE, Manifest, PackageVersion, next_version, open_package
+from memo_edge.runtime.catalog import next_version
+from memo_edge.runtime.package import INT8_ROLE, Manifest, PackageVersion, open_package
 from memo_edge.runtime.versions import append_version, collect_garbage, remove_orphans
 from memo_edge.train.augment import TestTransform, build_augment
 from memo_edge.train.recipe import paper_recipe
-from memo_edge.train.run import select_device
+from memo_edge.train.device import select_device
 from memo_edge.train.task import Transforms, learn_task
 
 __all__ = ["UpdateConfig", "update_package", "branch_bytes", "check_budget", "load_new_classes"]
@@ -80,7 +81,7 @@ def load_new_classes(spec: str, manifest: Manifest) -> tuple[ImageSource, tuple[
         dataset = load_dataset(spec, image_size=inp.height if spec.startswith("imagefolder:") else None)
         source, names = dataset.train, dataset.class_names
     else:
-        source, names = _class_folders(Path(spec), inp.height, manifest.model.get("augment", "cifar"))
+        source, names = _class_folders(Path(spec), inp.height, inp.file_resize)
     if source.image_shape != inp.shape:
         raise InputError(f"{spec}: images are {source.image_shape}, the package expects {inp.shape}")
     if manifest.model.get("augment", "cifar") == "cifar":  # ImageNet-style images are resized as a rule
@@ -93,11 +94,10 @@ def load_new_classes(spec: str, manifest: Manifest) -> tuple[ImageSource, tuple[
     return source, tuple(names)
 
 
-def _class_folders(root: Path, size: int, augment: str) -> tuple[FolderSource, tuple[str, ...]]:
+def _class_folders(root: Path, size: int, resize_to: int) -> tuple[FolderSource, tuple[str, ...]]:
     if not root.is_dir():
         raise InputError(f"{root}: no such directory (give DIR/<class>/*.png, npz:DIR or imagefolder:DIR)")
     names = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
-    resize_to = size if augment == "cifar" else round(size * 256 / 224)
     return folder_source(root, names, size, resize_to, str(root), require_each=True), tuple(names)
 
 

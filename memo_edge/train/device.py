@@ -1,0 +1,21 @@
+"""The torch device a command runs on, from what the user typed."""
+
+from __future__ import annotations
+
+import torch
+
+from memo_edge.errors import InputError
+
+__all__ = ["select_device"]
+
+
+def select_device(name: str | None) -> torch.device:
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise InputError(f"unknown device {name!r}; use cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"device {name!r} asked for, but no CUDA GPU is available to torch")
+    return device
