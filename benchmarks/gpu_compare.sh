@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# GPU compare run (not a test): on a machine with an NVIDIA GPU, in under 8 minutes, the memory-aligned
+# GPU compare run (not a test): on a machine with an NVIDIA GPU, the memory-aligned
 # comparison of MEMO, DER-style expansion and single-backbone replay on a CIFAR-100 slice
 # (first 50 classes of the seed-1993 order, B0Inc10 = 5 tasks, ResNet-32, 15 epochs a task, cosine).
 # Needs ../shared/datasets/cifar100 (or CIFAR100_NPZ=DIR). Results: runs/gpu-compare/comparison.md

@@ -6,8 +6,7 @@ dimension, fixed tensor names and one opset (``OPSET``). Preprocessing (uint8 NH
 float NCHW) is inside the trunk and full graphs, so a device needs nothing but the package.
 
 All branches come from the same module code and every parameter keeps its own initializer named
-after its module path, so branch graphs have identical initializer names (TensorRT refit relies
-on this to swap a new branch's weights into an existing engine).
+after its module path, so branch graphs have identical initializer names.
 """
 
 from __future__ import annotations
@@ -86,8 +85,9 @@ class Graph:
 def export_graph(module: nn.Module, example: Tensor, name: str, input_name: str, output_name: str) -> Graph:
     buf = io.BytesIO()
     with warnings.catch_warnings(), torch.no_grad():
-        # The TorchScript exporter: mature for these ops and free of the onnxscript dependency that
-        # the dynamo exporter needs. Its deprecation notice is not for our users' eyes.
+        # The TorchScript exporter: torch 2.14's dynamo exporter leaves our branch and full graphs at
+        # opset 18 and renames initializers (docs/export.md, benchmarks/onnx_dynamo_check.py). Its
+        # deprecation notice is not for our users' eyes.
         warnings.simplefilter("ignore")
         torch.onnx.export(
             module.eval(), (example,), buf, dynamo=False, opset_version=OPSET, do_constant_folding=True,
