@@ -17,6 +17,7 @@ import numpy as np
 
 from memo_edge import __version__
 from memo_edge.errors import InputError, MemoEdgeError
+from memo_edge.serve.command import serve as serve_command
 
 __all__ = ["main"]
 
@@ -42,7 +43,8 @@ _USER_ERRNOS = {
 
 # The base install predicts; these come with an extra (pyproject.toml), named when a command needs one.
 _EXTRAS = {"torch": "train", "torchvision": "train", "matplotlib": "train", "sklearn": "train",
-           "onnx": "onnx", "onnxruntime": "onnx"}
+           "onnx": "onnx", "onnxruntime": "onnx", "starlette": "serve", "uvicorn": "serve",
+           "prometheus_client": "serve", "python_multipart": "serve"}
 
 
 class MemoEdgeGroup(click.Group):
@@ -327,6 +329,9 @@ def rollback(package: Path) -> None:
     from memo_edge.runtime.versions import rollback as rollback_package
 
     click.echo(f"package {package}: version {rollback_package(package)} is current")
+
+
+main.add_command(serve_command)  # memo_edge/serve/command.py: HTTP predictions (click only until it runs)
 
 
 @main.command()

@@ -19,6 +19,7 @@ LAYERS: list[set[str]] = [
     {"utils"},
     {"memory", "data"},
     {"runtime"},
+    {"serve"},
     {"model"},
     {"train"},
     {"export"},
@@ -26,7 +27,7 @@ LAYERS: list[set[str]] = [
     {"experiments", "analysis"},
     {"cli", "__main__"},
 ]
-TORCH_FREE = {"errors", "utils", "memory", "data", "runtime"}
+TORCH_FREE = {"errors", "utils", "memory", "data", "runtime", "serve"}
 HEAVY = ("torch", "torchvision", "matplotlib", "sklearn", "onnx")  # onnxruntime is the runtime's, not these
 
 

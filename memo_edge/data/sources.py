@@ -24,7 +24,7 @@ from memo_edge.errors import InputError
 
 __all__ = [
     "ImageSource", "ArraySource", "FolderSource", "ConcatSource", "concat_sources", "image_file_size", "warn_resized",
-    "eval_resize",
+    "eval_resize", "resize_center_crop",
 ]
 
 log = logging.getLogger(__name__)
@@ -170,7 +170,7 @@ class FolderSource:
                 rgb = im.convert("RGB")
         except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
             raise InputError(f"{path}: cannot read image ({exc})") from exc
-        return _resize_center_crop(rgb, self.resize_to, self.image_size)
+        return resize_center_crop(rgb, self.resize_to, self.image_size)
 
 
 def image_file_size(path: Path) -> tuple[int, int]:
@@ -212,7 +212,7 @@ def eval_resize(size: int, augment: str) -> int:
     return size if augment == "cifar" else round(size * 256 / 224)
 
 
-def _resize_center_crop(im: Image.Image, resize_to: int, crop: int) -> np.ndarray:
+def resize_center_crop(im: Image.Image, resize_to: int, crop: int) -> np.ndarray:
     """Shorter side to ``resize_to``, then a centered ``crop`` square (torchvision's size arithmetic)."""
     w, h = im.size
     short, long = (w, h) if w <= h else (h, w)

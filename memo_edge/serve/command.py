@@ -1,0 +1,36 @@
+"""The ``memo-edge serve`` command: parses, then calls ``memo_edge.serve.server.serve``.
+
+Kept apart from ``memo_edge/cli.py`` (which adds it with ``main.add_command``) because cli.py is at its
+size limit; it imports click only, so ``memo-edge --help`` never needs the [serve] extra.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+__all__ = ["serve"]
+
+
+@click.command()
+@click.argument("package", type=click.Path(path_type=Path, file_okay=False, exists=True))
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to bind; any other than loopback needs --token-file.")
+@click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True, help="TCP port.")
+@click.option("--backend", default="auto", show_default=True,
+              help="auto, tensorrt, ort-trt, ort-cuda or ort-cpu (auto: the fastest available).")
+@click.option("--precision", type=click.Choice(["auto", "fp32", "int8"]), default="auto", show_default=True,
+              help="ort-cpu: the package's int8 graph (export --int8) or float32; auto: int8 when present.")
+@click.option("--max-batch", type=click.IntRange(min=1), default=32, show_default=True,
+              help="Most images coalesced into one backend call.")
+@click.option("--max-delay-ms", type=click.FloatRange(min=0), default=5.0, show_default=True,
+              help="Longest wait for more requests to join a batch.")
+@click.option("--token-file", type=click.Path(path_type=Path, dir_okay=False),
+              help="File holding a bearer token that every endpoint but /health requires.")
+def serve(package: Path, **options: Any) -> None:
+    """Serve predictions over HTTP: dynamic batching, hot swap of new versions, /metrics (docs/serve.md)."""
+    from memo_edge.serve.server import serve as run_server
+
+    run_server(package, **options)
