@@ -9,14 +9,13 @@ STAMP := $(VENV)/.installed-stamp
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[train,onnx,test]"
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[train,onnx,serve,test]"
 	touch $(STAMP)
 
-# The main job end to end on built-in data: 10 handwritten-digit classes, 5 tasks of 2.
+# The product's life cycle on built-in data (scripts/demo.sh): train 4 tasks of handwritten digits,
+# export with int8, predict, update the package with 2 new classes, predict again, info, rollback.
 demo: $(STAMP)
-	$(BIN)/memo-edge train --dataset digits --scenario B0Inc2 --backbone resnet32 \
-		--init-epochs 10 --epochs 8 --batch-size 32 --schedule cosine --memory 200 --device cpu \
-		--out runs/demo --force
+	BIN=$(BIN) bash scripts/demo.sh
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
