@@ -1,11 +1,15 @@
-"""Shared by benchmark scripts: replace one script's section of docs/benchmarks.md in place."""
+"""Shared by benchmark scripts: time a call, and replace one script's section of docs/benchmarks.md in place."""
 
 from __future__ import annotations
 
 import os
 import platform
 import re
+import time
+from collections.abc import Callable
 from pathlib import Path
+
+import numpy as np
 
 
 def write_section(path: Path, name: str, body: str) -> None:
@@ -35,3 +39,14 @@ def load_average() -> str:
         return f"{os.getloadavg()[0]:.2f}"
     except OSError:
         return "unknown"
+
+
+def timings(fn: Callable[[np.ndarray], object], images: np.ndarray, iterations: int, warmup: int) -> np.ndarray:
+    """Seconds of each of ``iterations`` calls of ``fn(images)``, after ``warmup`` untimed ones."""
+    out = []
+    for i in range(warmup + iterations):
+        start = time.perf_counter()
+        fn(images)
+        if i >= warmup:
+            out.append(time.perf_counter() - start)
+    return np.array(out)

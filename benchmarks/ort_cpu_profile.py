@@ -27,7 +27,6 @@ import json
 import os
 import platform
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -39,7 +38,7 @@ from torch import Tensor, nn
 from memo_edge.export import graphs
 from memo_edge.model import MemoNet
 
-from _report import cpu_name, load_average, write_section  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+from _report import cpu_name, load_average, timings, write_section  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 MEAN, STD = (0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761)
 SHAPE = (32, 32, 3)
@@ -136,16 +135,6 @@ def session(data: bytes, *, spinning: bool = True, profile: str | None = None) -
 def runner(s: onnxruntime.InferenceSession) -> Fn:
     name = s.get_inputs()[0].name
     return lambda x: s.run(None, {name: x})[0]
-
-
-def timings(fn: Fn, images: np.ndarray, iterations: int, warmup: int) -> np.ndarray:
-    out = []
-    for i in range(warmup + iterations):
-        start = time.perf_counter()
-        fn(images)
-        if i >= warmup:
-            out.append(time.perf_counter() - start)
-    return np.array(out)
 
 
 def speed(fn: Fn, one: np.ndarray, many: np.ndarray, args: argparse.Namespace) -> dict[str, float]:

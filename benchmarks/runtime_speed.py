@@ -31,8 +31,6 @@ import platform
 import subprocess
 import sys
 import tempfile
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -46,7 +44,7 @@ from memo_edge.model import MemoNet
 from memo_edge.runtime.backends import create_backend
 from memo_edge.runtime.package import InputSpec, PackageVersion, open_package
 
-from _report import cpu_name, write_section  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+from _report import cpu_name, timings, write_section  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 CIFAR = InputSpec(32, 32, 3, (0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761))
 TARGETS = {"speedup_b1": 3.0, "speedup_b64": 1.5, "rss_mb": 200.0}  # at T = 10, from the runtime issue
@@ -80,16 +78,6 @@ def build(tasks: int, out: Path) -> tuple[MemoNet, PackageVersion]:
         verify_images=rng.integers(0, 256, (16, *CIFAR.shape), dtype=np.uint8), int8=True,
     )
     return model, version
-
-
-def timings(fn: Callable[[np.ndarray], np.ndarray], images: np.ndarray, iterations: int, warmup: int) -> np.ndarray:
-    out = []
-    for i in range(warmup + iterations):
-        start = time.perf_counter()
-        fn(images)
-        if i >= warmup:
-            out.append(time.perf_counter() - start)
-    return np.array(out)
 
 
 def measure(tasks: int, workdir: Path, args: argparse.Namespace) -> dict[str, float]:
