@@ -6,7 +6,6 @@ mistake) exits 2, any other ``MemoEdgeError`` exits 1, both as one line without 
 
 from __future__ import annotations
 
-import errno
 import json
 import logging
 from pathlib import Path
@@ -16,8 +15,8 @@ import click
 import numpy as np
 
 from memo_edge import __version__
-from memo_edge.errors import InputError, MemoEdgeError
-from memo_edge.serve.command import serve as serve_command
+from memo_edge.errors import InputError, MemoEdgeError, user_error
+from memo_edge.serve.command import backend_option, precision_option, serve as serve_command
 
 __all__ = ["main"]
 
@@ -28,25 +27,6 @@ class UserError(click.ClickException):
     exit_code = 2
 
 
-# OS errors that describe the user's paths, not a bug: one line and exit 2, like any user mistake.
-_USER_ERRNOS = {
-    errno.EACCES: "permission denied: choose a path you can write to, or change its permissions",
-    errno.EPERM: "operation not permitted: choose a path you can write to, or change its permissions",
-    errno.EROFS: "read-only file system: choose a path on writable storage",
-    errno.EEXIST: "exists and is not a directory: choose another path",
-    errno.ENOTDIR: "a part of this path is a file, not a directory: choose another path",
-    errno.EISDIR: "is a directory, a file was expected",
-    errno.ENOSPC: "no space left on the device: free some space or choose another path",
-    errno.EDQUOT: "disk quota exceeded: free some space or choose another path",
-}
-
-
-# The base install predicts; these come with an extra (pyproject.toml), named when a command needs one.
-_EXTRAS = {"torch": "train", "torchvision": "train", "matplotlib": "train", "sklearn": "train",
-           "onnx": "onnx", "onnxruntime": "onnx", "starlette": "serve", "uvicorn": "serve",
-           "prometheus_client": "serve", "python_multipart": "serve"}
-
-
 class MemoEdgeGroup(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -55,16 +35,11 @@ class MemoEdgeGroup(click.Group):
             raise UserError(str(exc)) from None
         except MemoEdgeError as exc:
             raise click.ClickException(str(exc)) from None
-        except ModuleNotFoundError as exc:  # before OSError's branch: it is an ImportError, not an OSError
-            extra = _EXTRAS.get((exc.name or "").split(".")[0])
-            if extra is None:
+        except (ModuleNotFoundError, OSError) as exc:  # a missing extra, a read-only path: the user's to fix
+            mistake = user_error(exc, ctx.invoked_subcommand)
+            if mistake is None:
                 raise
-            raise UserError(f"memo-edge {ctx.invoked_subcommand} needs {exc.name}, which this install lacks: "
-                            f"pip install 'memo-edge[{extra}]'") from None
-        except OSError as exc:
-            if exc.errno not in _USER_ERRNOS:
-                raise
-            raise UserError(f"{exc.filename or exc.strerror}: {_USER_ERRNOS[exc.errno]}") from None
+            raise UserError(str(mistake)) from None
 
 
 @click.group(cls=MemoEdgeGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -256,18 +231,8 @@ def info(package: Path, version: int | None, as_json: bool) -> None:
     from memo_edge.runtime.package import open_package
 
     check = require_intact(package, full=True)
-    pkg = open_package(package, version=version)
+    pkg = open_package(package, version=version, verify=False)  # the check has just hashed every file
     click.echo(json.dumps(pkg.manifest.to_json(), indent=2) if as_json else format_info(pkg, check))
-
-
-def _backend_option(f: Any) -> Any:
-    return click.option("--backend", default="auto", show_default=True,
-                        help="auto, tensorrt, ort-trt, ort-cuda or ort-cpu (auto: the fastest available).")(f)
-
-
-def _precision_option(f: Any) -> Any:
-    return click.option("--precision", type=click.Choice(["auto", "fp32", "int8"]), default="auto", show_default=True,
-                        help="ort-cpu: the package's int8 graph (export --int8) or float32; auto: int8 when present.")(f)
 
 
 @main.command()
@@ -275,8 +240,8 @@ def _precision_option(f: Any) -> Any:
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path, exists=True))
 @click.option("--top", type=click.IntRange(min=1), default=1, show_default=True, help="Classes to report per image.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True, help="Images per batch.")
-@_backend_option
-@_precision_option
+@backend_option
+@precision_option
 def predict(package: Path, inputs: tuple[Path, ...], top: int, batch_size: int, backend: str, precision: str) -> None:
     """Classify images (files, directories of images, or npz files with x); one JSON line per image."""
     from memo_edge.runtime.backends import precision_options
@@ -340,7 +305,7 @@ main.add_command(serve_command)  # memo_edge/serve/command.py: HTTP predictions 
 @click.option("--backend", "backends", multiple=True, default=["auto"], show_default=True,
               help="Backend(s) to measure; repeat the option for several.")
 @click.option("--iterations", type=click.IntRange(min=1), default=50, show_default=True, help="Timed runs per batch.")
-@_precision_option
+@precision_option
 def bench(package: Path, batch: str, backends: tuple[str, ...], iterations: int, precision: str) -> None:
     """Latency p50/p95, throughput and peak memory per backend and batch size."""
     from memo_edge.runtime.bench import bench as run_bench, format_bench

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sqlite3
 from pathlib import Path
 
 import numpy as np
@@ -62,3 +63,14 @@ def base(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
             "task5": write_npz(root / "task5", list(ORDER[8:10]))}
 
 
+def rewrite_manifest(package: Path, edit) -> None:
+    """Change version 1's manifest with ``edit(dict)`` and give it a valid sha256: only the checks that
+    read the manifest's content can catch it."""
+    conn = sqlite3.connect(package / "catalog.sqlite")
+    data = json.loads(conn.execute("SELECT manifest FROM versions WHERE version = 1").fetchone()[0])
+    edit(data)
+    text = json.dumps(data, sort_keys=True, separators=(",", ":"))
+    conn.execute("UPDATE versions SET manifest = ?, manifest_sha256 = ? WHERE version = 1",
+                 (text, hashlib.sha256(text.encode()).hexdigest()))
+    conn.commit()
+    conn.close()

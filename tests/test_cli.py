@@ -9,15 +9,11 @@ from pathlib import Path
 import click
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
+from conftest import invoke
 from memo_edge.cli import main
 
 FAST = ["--backbone", "resnet8", "--init-epochs", "1", "--epochs", "1", "--batch-size", "64", "--device", "cpu"]
-
-
-def invoke(*args: str):
-    return CliRunner().invoke(main, [str(a) for a in args])
 
 
 def assert_user_error(result, *fragments: str) -> None:

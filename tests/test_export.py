@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import sqlite3
 import subprocess
@@ -12,19 +11,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner
 
-from memo_edge.cli import main
+from conftest import invoke, rewrite_manifest
 from memo_edge.data.datasets import load_dataset
 from memo_edge.data.scenario import Scenario, remap, task_subset
 from memo_edge.export.graphs import Preprocess, initializer_names
 from memo_edge.runtime.backends import OrtCpuBackend
 from memo_edge.runtime.package import CATALOG, PackageError, open_package
 from memo_edge.train.checkpoint import load_checkpoint
-
-
-def invoke(*args: object):
-    return CliRunner().invoke(main, [str(a) for a in args])
 
 
 @pytest.fixture(scope="module")
@@ -121,25 +115,13 @@ def test_one_flipped_byte_is_refused_naming_the_file(package: Path, tmp_path: Pa
     assert result.exit_code == 2 and entry.name in result.output and "Traceback" not in result.output
 
 
-def _rewrite_manifest(package: Path, edit) -> None:
-    conn = sqlite3.connect(package / CATALOG)
-    text, = conn.execute("SELECT manifest FROM versions WHERE version = 1").fetchone()
-    data = json.loads(text)
-    edit(data)
-    new = json.dumps(data, sort_keys=True, separators=(",", ":"))
-    conn.execute("UPDATE versions SET manifest = ?, manifest_sha256 = ? WHERE version = 1",
-                 (new, hashlib.sha256(new.encode()).hexdigest()))
-    conn.commit()
-    conn.close()
-
-
 @pytest.mark.parametrize("bad_name", ["../x", "/etc/passwd", "sub/dir.onnx", ".hidden"])
 def test_unsafe_names_in_a_manifest_are_refused(package: Path, tmp_path: Path, bad_name: str) -> None:
     import shutil
 
     copy = tmp_path / "pkg"
     shutil.copytree(package, copy)
-    _rewrite_manifest(copy, lambda m: m["files"][0].update(name=bad_name))
+    rewrite_manifest(copy, lambda m: m["files"][0].update(name=bad_name))
     with pytest.raises(PackageError, match="unsafe file name"):
         open_package(copy)
 

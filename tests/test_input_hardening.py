@@ -14,20 +14,16 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 from PIL import Image
 
-from memo_edge.cli import _print_task, main
+from conftest import invoke
+from memo_edge.cli import _print_task
 from memo_edge.data.datasets import load_dataset
 from memo_edge.data.sources import ArraySource, FolderSource, warn_resized
 from memo_edge.errors import InputError
 from memo_edge.utils.paths import check_separate
 
 FAST = ["--backbone", "resnet8", "--init-epochs", "1", "--epochs", "1", "--batch-size", "64", "--device", "cpu"]
-
-
-def invoke(*args: object):
-    return CliRunner().invoke(main, [str(a) for a in args])
 
 
 def assert_refused(result, *fragments: object) -> None:

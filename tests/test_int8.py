@@ -10,9 +10,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from click.testing import CliRunner
 
-from memo_edge.cli import main
+from conftest import invoke, ok
 from memo_edge.data.datasets import load_dataset
 from memo_edge.errors import InputError
 from memo_edge.export.quantize import calibration_images
@@ -21,16 +20,6 @@ from memo_edge.runtime.backends import OrtCpuBackend
 from memo_edge.runtime.package import INT8_ROLE
 
 CLASSES = 8  # the run learns 8 of the 10 digits; the device update brings the last 2
-
-
-def invoke(*args: object):
-    return CliRunner().invoke(main, [str(a) for a in args])
-
-
-def ok(*args: object):
-    result = invoke(*args)
-    assert result.exit_code == 0, result.output
-    return result
 
 
 @pytest.fixture(scope="module")

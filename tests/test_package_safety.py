@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import invoke, ok
+from conftest import invoke, ok, rewrite_manifest
 from memo_edge.data.datasets import load_dataset
 from memo_edge.errors import InputError
 from memo_edge.runtime import PackageError, load, open_package
@@ -227,18 +227,6 @@ def test_info_reports_the_full_check(base: dict[str, Path]) -> None:
 # -- 5: manifests that contradict themselves -------------------------------------------------------
 
 
-def _rewrite_manifest(pkg: Path, edit) -> None:
-    """Change version 1's manifest and give it a valid sha256: only consistency checks can catch it."""
-    conn = sqlite3.connect(pkg / CATALOG)
-    data = json.loads(conn.execute("SELECT manifest FROM versions WHERE version = 1").fetchone()[0])
-    edit(data)
-    text = json.dumps(data, sort_keys=True, separators=(",", ":"))
-    conn.execute("UPDATE versions SET manifest = ?, manifest_sha256 = ? WHERE version = 1",
-                 (text, hashlib.sha256(text.encode()).hexdigest()))
-    conn.commit()
-    conn.close()
-
-
 @pytest.mark.parametrize(("edit", "field"), [
     (lambda m: m["class_names"].pop(), "task_classes"),
     (lambda m: m["class_names"].__setitem__(1, m["class_names"][0]), "class_names: repeated"),
@@ -250,7 +238,7 @@ def _rewrite_manifest(pkg: Path, edit) -> None:
 def test_an_inconsistent_manifest_is_refused_naming_the_field(base: dict[str, Path], tmp_path: Path, edit,
                                                               field: str) -> None:
     pkg = copy(base["pkg"], tmp_path / "pkg")
-    _rewrite_manifest(pkg, edit)
+    rewrite_manifest(pkg, edit)
     with pytest.raises(PackageError, match="manifest of version 1") as caught:
         load(pkg)
     assert field in str(caught.value)
@@ -268,7 +256,7 @@ def test_a_head_of_another_size_than_the_class_list_is_refused(base: dict[str, P
         m["model"]["task_sizes"][-1] -= 1
         m["files"] = [f for f in m["files"] if f["role"] not in ("full", "full-int8")]  # logits from the head
 
-    _rewrite_manifest(pkg, five_classes)
+    rewrite_manifest(pkg, five_classes)
     with pytest.raises(PackageError, match="the head has 6 classes, the manifest of version 1 names 5"):
         load(pkg, backend="ort-cpu")
 

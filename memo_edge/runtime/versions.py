@@ -25,7 +25,7 @@ import numpy as np
 from memo_edge.memory.exemplars import ExemplarSet
 from memo_edge.runtime.check import require_intact
 from memo_edge.runtime.lock import writer_lock
-from memo_edge.runtime.catalog import add_version, catalog, crash_point, transaction
+from memo_edge.runtime.catalog import add_version, catalog, crash_point, current_version, transaction
 from memo_edge.runtime.manifest import FileEntry, Manifest, PackageError
 from memo_edge.runtime.package import PackageVersion, exemplar_digest, open_package, store_file
 
@@ -47,9 +47,8 @@ class VersionInfo:
 
 def list_versions(root: Path) -> list[VersionInfo]:
     with catalog(root) as conn:
-        row = conn.execute("SELECT version FROM head WHERE id = 0").fetchone()
+        head = current_version(conn)
         rows = conn.execute("SELECT version, parent, created FROM versions ORDER BY version").fetchall()
-    head = None if row is None else row[0]
     return [VersionInfo(v, p, c, v == head) for v, p, c in rows]
 
 

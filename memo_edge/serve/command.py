@@ -1,7 +1,7 @@
-"""The ``memo-edge serve`` command: parses, then calls ``memo_edge.serve.server.serve``.
-
-Kept apart from ``memo_edge/cli.py`` (which adds it with ``main.add_command``) because cli.py is at its
-size limit; it imports click only, so ``memo-edge --help`` never needs the [serve] extra.
+"""The ``memo-edge serve`` command: parses, then calls ``memo_edge.serve.server.serve``; and the
+``--backend``/``--precision`` options it shares with ``predict`` and ``bench`` (defined here, once,
+because serve may not import ``memo_edge/cli.py``, which adds this command with ``main.add_command``).
+It imports click only, so ``memo-edge --help`` never needs the [serve] extra.
 """
 
 from __future__ import annotations
@@ -11,7 +11,17 @@ from typing import Any
 
 import click
 
-__all__ = ["serve"]
+__all__ = ["serve", "backend_option", "precision_option"]
+
+
+def backend_option(f: Any) -> Any:
+    return click.option("--backend", default="auto", show_default=True,
+                        help="auto, tensorrt, ort-trt, ort-cuda or ort-cpu (auto: the fastest available).")(f)
+
+
+def precision_option(f: Any) -> Any:
+    return click.option("--precision", type=click.Choice(["auto", "fp32", "int8"]), default="auto", show_default=True,
+                        help="ort-cpu: the package's int8 graph (export --int8) or float32; auto: int8 when present.")(f)
 
 
 @click.command()
@@ -19,10 +29,8 @@ __all__ = ["serve"]
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Address to bind; any other than loopback needs --token-file.")
 @click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True, help="TCP port.")
-@click.option("--backend", default="auto", show_default=True,
-              help="auto, tensorrt, ort-trt, ort-cuda or ort-cpu (auto: the fastest available).")
-@click.option("--precision", type=click.Choice(["auto", "fp32", "int8"]), default="auto", show_default=True,
-              help="ort-cpu: the package's int8 graph (export --int8) or float32; auto: int8 when present.")
+@backend_option
+@precision_option
 @click.option("--max-batch", type=click.IntRange(min=1), default=32, show_default=True,
               help="Most images coalesced into one backend call.")
 @click.option("--max-delay-ms", type=click.FloatRange(min=0), default=5.0, show_default=True,
