@@ -59,8 +59,13 @@ def learn_task(
     device: torch.device,
     generator: torch.Generator,
     desc: str = "task",
+    on_epoch: Callable[[int, int, float], None] | None = None,
 ) -> TaskResult:
-    """Run one MEMO task on ``new_data`` (labels already in the incremental label space)."""
+    """Run one MEMO task on ``new_data`` (labels already in the incremental label space).
+
+    ``on_epoch(epoch, epochs, mean_loss)`` is called after each training epoch (1-based), e.g. to report
+    progress to another process.
+    """
     model.expand(num_new)
     model.to(device)
     if model.num_tasks > 1:
@@ -68,7 +73,7 @@ def learn_task(
         if not train_base:
             model.freeze_trunk()
     data = concat_sources([new_data, ArraySource(exemplars.images, exemplars.labels)]) if len(exemplars) else new_data
-    loss, speed = _train(model, data, recipe, transforms.train, device, generator, desc)
+    loss, speed = _train(model, data, recipe, transforms.train, device, generator, desc, on_epoch)
     gamma = model.weight_align()
 
     per_class = memory.per_class(
@@ -106,6 +111,7 @@ def _train(
     device: torch.device,
     generator: torch.Generator,
     desc: str,
+    on_epoch: Callable[[int, int, float], None] | None = None,
 ) -> tuple[float, float]:
     """Train for ``recipe.epochs``; returns (mean loss of the last epoch, images per second)."""
     params = [p for p in model.parameters() if p.requires_grad]
@@ -133,4 +139,6 @@ def _train(
         seen += count
         loss_mean = total / max(count, 1)
         log.debug("%s epoch %d: loss %.4f", desc, epoch + 1, loss_mean)
+        if on_epoch is not None:
+            on_epoch(epoch + 1, recipe.epochs, loss_mean)
     return loss_mean, seen / elapsed if elapsed else 0.0
