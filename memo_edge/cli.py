@@ -272,10 +272,15 @@ def predict(package: Path, inputs: tuple[Path, ...], top: int, batch_size: int, 
 @click.option("--seed", type=int, default=1993, show_default=True, help="Training seed.")
 @click.option("--int8/--no-int8", default=None,
               help="Re-make the int8 full graph, or drop it  [default: as the package has it].")
-def update(package: Path, **options: Any) -> None:
+@click.option("--json", "json_lines", is_flag=True,
+              help="Progress and the outcome as JSON lines on stdout, for programs (the service's update jobs).")
+def update(package: Path, json_lines: bool, **options: Any) -> None:
     """Learn a new task on this device and append it as a new package version (same memory budget)."""
     from memo_edge.device.update import UpdateConfig, update_package
 
+    if json_lines:
+        _update_json_lines(package, options)
+        return
     version = update_package(UpdateConfig(package=package, **options))
     m, v = version.manifest, version.manifest.verification["graphs"]["end_to_end"]
     click.echo(f"package {package}: version {m.version} with {len(m.task_classes)} tasks, {len(m.class_names)} classes; "
@@ -285,6 +290,25 @@ def update(package: Path, **options: Any) -> None:
     q = m.verification["graphs"].get("full-int8")
     if q is not None:
         click.echo(f"int8 full graph re-made: top-1 agreement with float32 {100 * q['top1_agreement']:.1f}%")
+
+
+def _update_json_lines(package: Path, options: dict[str, Any]) -> None:
+    """``update --json``: one JSON object per line, flushed at once; a failure is an event too, then
+    the usual one-line error and exit code."""
+    from memo_edge.device.update import UpdateConfig, update_package
+
+    def emit(event: dict) -> None:
+        click.echo(json.dumps(event))  # click.echo flushes
+
+    try:
+        version = update_package(UpdateConfig(package=package, **options), on_event=emit)
+    except Exception as exc:
+        emit({"event": "failed", "kind": type(exc).__name__, "error": str(exc).splitlines()[0] if str(exc) else ""})
+        raise
+    m = version.manifest
+    emit({"event": "committed", "version": m.version, "tasks": len(m.task_classes), "classes": len(m.class_names),
+          "exemplars": m.budget.exemplars, "exemplar_bytes": m.budget.exemplar_bytes,
+          "model_bytes": m.budget.model_bytes, "total_bytes": m.budget.total_bytes})
 
 
 @main.command()

@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import hashlib
 import json
+import socket
 import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 from click.testing import CliRunner
@@ -74,3 +82,53 @@ def rewrite_manifest(package: Path, edit) -> None:
                  (text, hashlib.sha256(text.encode()).hexdigest()))
     conn.commit()
     conn.close()
+
+
+def tree_digest(root: Path) -> dict[str, str]:
+    """Every file under ``root`` by sha256."""
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclasses.dataclass(frozen=True)
+class Server:
+    proc: subprocess.Popen
+    url: str
+    log: Path  # its stdout and stderr (a file: a pipe nobody reads would fill up and stall the server)
+
+
+@contextlib.contextmanager
+def served(package: Path, *options: str, ready_within: float = 60) -> Iterator[Server]:
+    """A real ``memo-edge serve`` process on a free loopback port, once /ready answers; SIGTERM at the end
+    (if still running). Its output goes to a file beside the package."""
+    port = free_port()
+    log = package.parent / f"serve-{port}.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "memo_edge", "serve", str(package), "--port", str(port),
+                                 "--backend", "ort-cpu", *options], stdout=out, stderr=subprocess.STDOUT)
+    server = Server(proc, f"http://127.0.0.1:{port}", log)
+    try:
+        deadline = time.monotonic() + ready_within
+        while True:
+            assert proc.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, "the server never became ready"
+            try:
+                if httpx.get(f"{server.url}/ready", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.1)  # nothing to await: the port opens when uvicorn is up
+        yield server
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()

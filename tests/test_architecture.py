@@ -25,7 +25,8 @@ LAYERS: list[set[str]] = [
     {"export"},
     {"device"},
     {"experiments", "analysis"},
-    {"cli", "__main__"},
+    {"cli"},
+    {"__main__"},  # python -m memo_edge: the CLI
 ]
 TORCH_FREE = {"errors", "utils", "memory", "data", "runtime", "serve"}
 HEAVY = ("torch", "torchvision", "matplotlib", "sklearn", "onnx")  # onnxruntime is the runtime's, not these

@@ -3,7 +3,6 @@ catalogs, inconsistent manifests, read-only storage and OS errors. Real processe
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -17,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import invoke, ok, rewrite_manifest
+from conftest import invoke, ok, rewrite_manifest, tree_digest
 from memo_edge.data.datasets import load_dataset
 from memo_edge.errors import InputError
 from memo_edge.runtime import PackageError, load, open_package
@@ -32,12 +31,6 @@ FAST_UPDATE = ["--epochs", "1", "--batch-size", "32", "--device", "cpu"]
 def copy(package: Path, dest: Path) -> Path:
     shutil.copytree(package, dest)
     return dest
-
-
-def tree_digest(root: Path) -> dict[str, str]:
-    """Every file under ``root`` by sha256."""
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 def cli(*args: object, env: dict[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess:

@@ -4,7 +4,6 @@ server process. Every test copies the session's package before anything that wri
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import io
 import os
 import shutil
@@ -26,6 +25,7 @@ with warnings.catch_warnings():  # starlette >= 1.x suggests httpx2 for its Test
     warnings.filterwarnings("ignore", message=".*install `httpx2`")
     from starlette.testclient import TestClient
 
+from conftest import free_port, served, tree_digest
 from memo_edge.runtime.lock import writer_lock
 from memo_edge.runtime.package import open_package
 from memo_edge.runtime.predict import load, read_inputs
@@ -62,11 +62,6 @@ def post_array(client: TestClient, body: bytes, *, top: int = 1,
                headers: dict[str, str] | None = None) -> httpx.Response:
     return client.post(f"/predict?top={top}", content=body,
                        headers={"content-type": "application/octet-stream", **(headers or {})})
-
-
-def tree_digest(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 def assert_matches(answer: dict, labels: np.ndarray, scores: np.ndarray, names: tuple[str, ...], top: int) -> None:
@@ -271,42 +266,23 @@ def test_concurrent_requests_are_coalesced_into_batches(pkg: Path) -> None:
     assert float(lines['memo_edge_batch_images_bucket{le="8.0"}']) == batches  # never more than max_batch
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_a_real_server_process_answers_and_stops_cleanly_on_sigterm(pkg: Path) -> None:
-    port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "memo_edge.cli", "serve", str(pkg), "--port", str(port),
-                             "--backend", "ort-cpu"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert proc.poll() is None, proc.communicate()
-            assert time.monotonic() < deadline, "the server never became ready"
-            try:
-                if httpx.get(f"{url}/ready", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.1)
-        r = httpx.post(f"{url}/predict", content=npy(images(2)), headers={"content-type": "application/x-npy"},
+    with served(pkg) as server:
+        r = httpx.post(f"{server.url}/predict", content=npy(images(2)), headers={"content-type": "application/x-npy"},
                        timeout=10)
         assert r.status_code == 200 and r.json()["version"] == 1 and len(r.json()["predictions"]) == 2
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        out, err = proc.communicate(timeout=30)
+        server.proc.send_signal(signal.SIGTERM)
+        server.proc.wait(timeout=30)
+    out = server.log.read_text()
     # uvicorn shuts down gracefully (lifespan included), then re-raises the signal it caught, so the
     # process ends "killed by SIGTERM", which is what a supervisor (systemd) expects of a clean stop.
-    assert proc.returncode in (0, -signal.SIGTERM), err
-    assert "Application shutdown complete" in err and "Finished server process" in err, err
-    assert "Traceback" not in err
+    assert server.proc.returncode in (0, -signal.SIGTERM), out
+    assert "Application shutdown complete" in out and "Finished server process" in out, out
+    assert "Traceback" not in out
 
 
 def test_a_network_host_without_a_token_exits_2_at_once(pkg: Path, tmp_path: Path) -> None:
-    port = _free_port()
+    port = free_port()
     cmd = [sys.executable, "-m", "memo_edge.cli", "serve", str(pkg), "--host", "0.0.0.0", "--port", str(port)]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
     assert result.returncode == 2, result.stderr

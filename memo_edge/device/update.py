@@ -8,6 +8,7 @@ new branch's bytes come out of the exemplar memory, and commits the result as a 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -35,9 +36,10 @@ from memo_edge.train.recipe import paper_recipe
 from memo_edge.train.device import select_device
 from memo_edge.train.task import Transforms, learn_task
 
-__all__ = ["UpdateConfig", "update_package", "branch_bytes", "check_budget", "load_new_classes"]
+__all__ = ["UpdateConfig", "Event", "update_package", "branch_bytes", "check_budget", "load_new_classes"]
 
 log = logging.getLogger(__name__)
+Event = Callable[[dict], None]  # progress for another process: {"event": "checked" | "epoch" | "exporting", ...}
 
 
 @dataclass(frozen=True)
@@ -117,16 +119,18 @@ def _load_model(version: PackageVersion) -> MemoNet:
     return model
 
 
-def update_package(config: UpdateConfig) -> PackageVersion:
+def update_package(config: UpdateConfig, on_event: Event | None = None) -> PackageVersion:
     """Train one new task on this device and commit it as the package's next version.
 
     Holds the package's writer lock throughout: a second writer is refused at once, not at the commit.
+    ``on_event`` hears ``checked`` once the data and the budget passed every check (nothing was
+    trained yet), ``epoch`` after each training epoch, and ``exporting`` when training is done.
     """
     with writer_lock(config.package, "update"):
         require_intact(config.package)  # the cheap check: a damaged catalog is refused before any work
         remove_orphans(config.package)  # what a killed or failed writer left behind
         try:
-            return _update(config)
+            return _update(config, on_event or (lambda event: None))
         except BaseException:
             try:  # this update's files, if it wrote any and did not commit
                 remove_orphans(config.package)
@@ -135,7 +139,7 @@ def update_package(config: UpdateConfig) -> PackageVersion:
             raise
 
 
-def _update(config: UpdateConfig) -> PackageVersion:
+def _update(config: UpdateConfig, on_event: Event) -> PackageVersion:
     version = open_package(config.package)
     m = version.manifest
     new_data, new_names = load_new_classes(config.data, m)
@@ -143,6 +147,8 @@ def _update(config: UpdateConfig) -> PackageVersion:
     if config.int8 and m.file("full") is None:
         raise InputError(f"{config.package}: --int8 quantizes the full graph, which this package does not have")
     device = select_device(config.device)
+    on_event({"event": "checked", "version": m.version, "classes": list(new_names), "images": len(new_data),
+              "epochs": config.epochs})
     torch.manual_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
     model = _load_model(version)
@@ -156,7 +162,10 @@ def _update(config: UpdateConfig) -> PackageVersion:
         model, new_data.with_labels(new_data.labels + known), exemplars, num_new=len(new_names), recipe=recipe,
         train_base=config.train_base, memory=MemoryPolicy("bytes", m.budget.total_bytes), transforms=transforms,
         device=device, generator=generator, desc=f"task {model.num_tasks}",
+        on_epoch=lambda epoch, epochs, loss: on_event({"event": "epoch", "epoch": epoch, "epochs": epochs,
+                                                       "loss": round(loss, 6)}),
     )
+    on_event({"event": "exporting"})
     model = model.cpu().eval()
     # A new number above every version ever kept (after a rollback the current one is not the newest).
     manifest = replace(

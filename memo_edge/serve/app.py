@@ -1,4 +1,5 @@
-"""The Starlette app: /predict, /rollback, /health, /ready, /info, /metrics (docs/serve.md).
+"""The Starlette app: /predict, /update, /jobs/{id}, /rollback, /health, /ready, /info, /metrics
+(docs/serve.md).
 
 Every error a client can cause is a 4xx with ``{"error": "<one line>"}``; anything else is a 500 with
 one line (the traceback goes to the log, never to the client).
@@ -9,7 +10,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
+import errno
 import logging
+import shutil
+import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -26,8 +30,10 @@ from memo_edge.errors import MemoEdgeError
 from memo_edge.runtime.versions import rollback
 from memo_edge.serve.batcher import Batcher
 from memo_edge.serve.inputs import ARRAY_TYPES, Limits, RequestError, decode_array, decode_images
+from memo_edge.serve.jobs import Job, UpdateJobs, UpdateOptions
 from memo_edge.serve.metrics import Metrics
 from memo_edge.serve.state import ServiceState
+from memo_edge.serve.uploads import UPLOAD_TYPES, UploadLimits, unpack_upload
 
 __all__ = ["create_app"]
 
@@ -37,7 +43,7 @@ Handler = Callable[[Request], Awaitable[Response]]
 
 def create_app(package: str | Path, *, backend: str = "auto", precision: str = "auto", max_batch: int = 32,
                max_delay_ms: float = 5.0, token: str | None = None, limits: Limits = Limits(),
-               check_interval_s: float = 0.2) -> Starlette:
+               upload_limits: UploadLimits = UploadLimits(), check_interval_s: float = 0.2) -> Starlette:
     """Load (and verify) the package's current version now, and return the app that serves it."""
     metrics = Metrics()
     state = ServiceState(package, backend=backend, precision=precision, check_interval_s=check_interval_s,
@@ -45,6 +51,7 @@ def create_app(package: str | Path, *, backend: str = "auto", precision: str = "
     state.load_now()
     metrics.version.set(state.version or 0)
     batcher = Batcher(state, max_batch=max_batch, max_delay_s=max_delay_ms / 1000, on_batch=metrics.on_batch)
+    jobs = UpdateJobs(state.root, on_commit=state.swap_to, on_change=lambda job: metrics.on_job(job.outcome))
     expected = None if token is None else f"Bearer {token}".encode()
     closing = False
 
@@ -75,7 +82,7 @@ def create_app(package: str | Path, *, backend: str = "auto", precision: str = "
         rt = state.runtime
         assert rt is not None
         spec = rt.package.manifest.input
-        kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        kind = _content_type(request)
         if kind in ARRAY_TYPES:
             body = await _read_body(request, limits.max_body_bytes)
             images = await asyncio.to_thread(decode_array, body, spec, limits)
@@ -100,6 +107,30 @@ def create_app(package: str | Path, *, backend: str = "auto", precision: str = "
         await state.swap_to(version)
         return JSONResponse({"version": version})
 
+    async def update(request: Request) -> Response:
+        with jobs.reservation():  # 409 at once while another update runs or uploads
+            options = UpdateOptions.from_query(request.query_params)
+            kind = _content_type(request)
+            if kind not in UPLOAD_TYPES:
+                raise RequestError(415, f"content-type {kind or 'missing'}: send a zip or tar of class folders, or "
+                                   f"an npz with x, y and class_names ({', '.join(UPLOAD_TYPES)})")
+            workdir = await asyncio.to_thread(_upload_dir, state.root)
+            try:
+                await _save_body(request, workdir / "upload", upload_limits.max_upload_bytes)
+                data = await asyncio.to_thread(unpack_upload, kind, workdir / "upload", workdir / "data", upload_limits)
+                (workdir / "upload").unlink()
+            except BaseException:
+                shutil.rmtree(workdir, ignore_errors=True)
+                raise
+            job = await jobs.start(data, workdir, options)  # owns workdir from here on
+        return JSONResponse(job.describe(), status_code=202, headers={"Location": f"/jobs/{job.id}"})
+
+    async def job_status(request: Request) -> Response:
+        job: Job | None = jobs.get(request.path_params["job_id"])
+        if job is None:
+            raise RequestError(404, f"no job {request.path_params['job_id']!r} (the service keeps the last 16)")
+        return JSONResponse(job.describe())
+
     async def health(request: Request) -> Response:
         return JSONResponse({"status": "alive"})
 
@@ -121,16 +152,19 @@ def create_app(package: str | Path, *, backend: str = "auto", precision: str = "
         nonlocal closing
         yield
         closing = True
+        await jobs.close()
         await batcher.close()
 
     routes = [Route("/predict", endpoint("predict", predict), methods=["POST"]),
+              Route("/update", endpoint("update", update), methods=["POST"]),
+              Route("/jobs/{job_id}", endpoint("jobs", job_status), methods=["GET"]),
               Route("/rollback", endpoint("rollback", do_rollback), methods=["POST"]),
               Route("/health", endpoint("health", health, auth=False), methods=["GET"]),
               Route("/ready", endpoint("ready", ready), methods=["GET"]),
               Route("/info", endpoint("info", info), methods=["GET"]),
               Route("/metrics", endpoint("metrics", metrics_text), methods=["GET"])]
     app = Starlette(routes=routes, lifespan=lifespan)
-    app.state.service, app.state.batcher, app.state.metrics = state, batcher, metrics
+    app.state.service, app.state.batcher, app.state.metrics, app.state.jobs = state, batcher, metrics, jobs
     return app
 
 
@@ -150,17 +184,46 @@ def _top(request: Request) -> int:
     return top
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
+def _content_type(request: Request) -> str:
+    return request.headers.get("content-type", "").split(";")[0].strip().lower()
+
+
+async def _bounded_body(request: Request, limit: int) -> AsyncIterator[bytes]:
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise RequestError(413, f"the body has {int(declared):,} bytes; at most {limit:,}")
-    chunks, size = [], 0
+    size = 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
             raise RequestError(413, f"the body has more than {limit:,} bytes; at most {limit:,}")
-        chunks.append(chunk)
-    return b"".join(chunks)
+        yield chunk
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    return b"".join([chunk async for chunk in _bounded_body(request, limit)])
+
+
+async def _save_body(request: Request, path: Path, limit: int) -> None:
+    """Stream the body to ``path``, writing in a thread (an upload may be large; predictions go on)."""
+    with open(path, "xb") as out:
+        pending: list[bytes] = []
+        async for chunk in _bounded_body(request, limit):
+            pending.append(chunk)
+            if sum(map(len, pending)) >= 1 << 20:
+                await asyncio.to_thread(out.write, b"".join(pending))
+                pending.clear()
+        await asyncio.to_thread(out.write, b"".join(pending))
+
+
+def _upload_dir(root: Path) -> Path:
+    """A new directory beside the package (same file system, the user's storage, not /tmp)."""
+    try:
+        return Path(tempfile.mkdtemp(prefix=".memo-edge-upload-", dir=root.resolve().parent))
+    except OSError as exc:
+        status = 507 if exc.errno in (errno.ENOSPC, errno.EDQUOT) else 409
+        raise RequestError(status, f"cannot store the upload beside the package in {root.resolve().parent} "
+                           f"({exc.strerror})") from None
 
 
 async def _read_files(request: Request, limits: Limits) -> list[tuple[str, bytes]]:

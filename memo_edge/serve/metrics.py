@@ -23,6 +23,9 @@ class Metrics:
                                         buckets=_SIZES, registry=r)
         self.version = Gauge("memo_edge_package_version", "The package version being served", registry=r)
         self.swaps = Counter("memo_edge_version_swaps", "Hot swaps to another package version", registry=r)
+        self.update_jobs = Counter("memo_edge_update_jobs", "Update jobs by outcome (refused: before any training)",
+                                   ["outcome"], registry=r)
+        self.update_running = Gauge("memo_edge_update_job_running", "1 while an update job runs", registry=r)
 
     def on_batch(self, images: int, requests: int) -> None:
         self.batch_images.observe(images)
@@ -31,6 +34,12 @@ class Metrics:
     def on_swap(self, version: int) -> None:
         self.version.set(version)
         self.swaps.inc()
+
+    def on_job(self, outcome: str | None) -> None:
+        """A job started (``None``) or ended: succeeded, failed or refused."""
+        self.update_running.set(1 if outcome is None else 0)
+        if outcome is not None:
+            self.update_jobs.labels(outcome).inc()
 
     def text(self) -> bytes:
         return generate_latest(self.registry)
