@@ -167,6 +167,15 @@ def test_split_sessions_do_not_spin_the_full_one_may(package: PackageVersion) ->
         full.get_session_config_entry("session.intra_op.allow_spinning")
 
 
+def test_hints_reach_only_the_backends_that_take_them(package: PackageVersion, caplog: pytest.LogCaptureFixture) -> None:
+    quiet = create_backend("ort-cpu", package, hints={"spinning": False, "no-such-option": 1})  # dropped silently
+    assert quiet.session_options("full").get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    assert create_backend("ort-cpu", package, spinning=True, hints={"spinning": False}).spinning  # asked for wins
+    with caplog.at_level(logging.INFO, logger="memo_edge"):
+        assert create_backend("auto", package, hints={"spinning": False, "fp16": True}).spinning is False
+    assert "ignoring" not in caplog.text  # a hint is not an option the user asked for
+
+
 def test_images_of_the_wrong_shape_or_type_are_refused(package: PackageVersion) -> None:
     backend = create_backend("ort-cpu", package)
     with pytest.raises(InputError, match=r"uint8 \[N, 32, 32, 3\]"):

@@ -266,6 +266,21 @@ def test_concurrent_requests_are_coalesced_into_batches(pkg: Path) -> None:
     assert float(lines['memo_edge_batch_images_bucket{le="8.0"}']) == batches  # never more than max_batch
 
 
+def test_a_lone_request_does_not_wait_for_company(pkg: Path) -> None:
+    app = create_app(pkg, backend="ort-cpu", max_batch=8, max_delay_ms=600_000)  # a wait would outlast the test
+
+    async def run() -> list[httpx.Response]:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            answers = [await asyncio.wait_for(client.post("/predict", content=npy(images(1, seed=k)),
+                                                          headers={"content-type": "application/x-npy"}), 60)
+                       for k in range(3)]  # one after another: nobody else is ever on the way
+        await app.state.batcher.close()
+        return answers
+
+    assert [r.status_code for r in asyncio.run(run())] == [200, 200, 200]
+
+
 def test_a_real_server_process_answers_and_stops_cleanly_on_sigterm(pkg: Path) -> None:
     with served(pkg) as server:
         r = httpx.post(f"{server.url}/predict", content=npy(images(2)), headers={"content-type": "application/x-npy"},

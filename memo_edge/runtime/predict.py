@@ -73,10 +73,12 @@ class Runtime:
         return probs.argmax(axis=1), probs
 
 
-def load(path: str | Path, *, backend: str = "auto", version: int | None = None, **options: Any) -> Runtime:
-    """Open (and verify) a package and pick a backend: ``auto`` takes the fastest one available."""
+def load(path: str | Path, *, backend: str = "auto", version: int | None = None,
+         hints: dict[str, Any] | None = None, **options: Any) -> Runtime:
+    """Open (and verify) a package and pick a backend: ``auto`` takes the fastest one available.
+    ``options`` and ``hints`` as ``create_backend`` takes them."""
     package = open_package(Path(path), version=version)
-    return Runtime(package, create_backend(backend, package, **options))
+    return Runtime(package, create_backend(backend, package, hints=hints, **options))
 
 
 def _image_files(folder: Path) -> list[Path]:

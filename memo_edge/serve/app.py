@@ -83,15 +83,16 @@ def create_app(package: str | Path, *, backend: str = "auto", precision: str = "
         assert rt is not None
         spec = rt.package.manifest.input
         kind = _content_type(request)
-        if kind in ARRAY_TYPES:
-            body = await _read_body(request, limits.max_body_bytes)
-            images = await asyncio.to_thread(decode_array, body, spec, limits)
-        elif kind == "multipart/form-data":
-            files = await _read_files(request, limits)
-            images = await asyncio.to_thread(decode_images, files, spec, limits)
-        else:
+        if kind not in (*ARRAY_TYPES, "multipart/form-data"):
             raise RequestError(415, f"content-type {kind or 'missing'}: send an .npy/.npz array ("
                                f"{', '.join(ARRAY_TYPES)}) or multipart/form-data with image files in field 'file'")
+        with batcher.arriving():  # a batch being formed waits for this request
+            if kind in ARRAY_TYPES:
+                body = await _read_body(request, limits.max_body_bytes)
+                images = await asyncio.to_thread(decode_array, body, spec, limits)
+            else:
+                files = await _read_files(request, limits)
+                images = await asyncio.to_thread(decode_images, files, spec, limits)
         result = await batcher.submit(images)
         k = min(top, len(result.class_names))
         order = np.argsort(-result.scores, axis=1)[:, :k]

@@ -2,7 +2,9 @@
 
 Requests wait in a queue. The batcher's task takes the first one, then keeps adding waiting requests
 while the batch holds at most ``max_batch`` images and ``max_delay_s`` has not passed since it took
-the first; the batch runs as ONE ``Runtime.predict`` call in a single worker thread (a request larger
+the first, and only while company is likely: more requests are on their way (being read and
+decoded: ``arriving``) or the last batch held more than one request. So under load batches fill up,
+and a lone client's requests never wait for company that is not coming. The batch runs as ONE ``Runtime.predict`` call in a single worker thread (a request larger
 than ``max_batch`` runs alone, in chunks of ``max_batch``) and the scores are split back. The version
 is chosen when a batch starts (a hot swap happens between batches), so every answer names the version
 that produced it.
@@ -12,8 +14,9 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -48,10 +51,23 @@ class Batcher:
         self.state, self.max_batch, self.max_delay_s = state, max_batch, max_delay_s
         self.on_batch = on_batch  # (images, requests) of every backend call
         self._pending: collections.deque[_Job] = collections.deque()
+        self._arriving = 0  # requests being read and decoded, not yet submitted
+        self._busy = False  # the last batch coalesced requests: more are likely to come
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="memo-edge-predict")
+
+    @contextlib.contextmanager
+    def arriving(self) -> Iterator[None]:
+        """Around reading and decoding a request that will be submitted: a batch waits for it."""
+        self._arriving += 1
+        try:
+            yield
+        finally:
+            self._arriving -= 1
+            if self._wake is not None:
+                self._wake.set()  # a batch waiting for this one re-checks (it may have failed)
 
     async def submit(self, images: np.ndarray) -> BatchResult:
         """Scores for ``images`` (uint8 [n,H,W,C], already checked), from one version."""
@@ -93,13 +109,14 @@ class Batcher:
                     size += len(jobs[-1].images)
                     continue
                 remaining = deadline - loop.time()
-                if remaining <= 0:
-                    break
+                if remaining <= 0 or (self._arriving == 0 and not self._busy):
+                    break  # the delay is spent, or no company is likely
                 self._wake.clear()
                 try:
                     await asyncio.wait_for(self._wake.wait(), remaining)
                 except asyncio.TimeoutError:
                     break
+            self._busy = len(jobs) > 1
             await self.state.maybe_refresh()
             await self._run_batch(loop, jobs, size)
 

@@ -23,6 +23,9 @@ from memo_edge.runtime.predict import Runtime, load
 __all__ = ["ServiceState"]
 
 log = logging.getLogger(__name__)
+# ONNX Runtime's threads do not spin between runs here: the spinning took the CPU the event loop
+# needs (benchmarks/serve_load.py measures both; docs/benchmarks.md, "Serving under load").
+SERVICE_HINTS = {"spinning": False}
 
 
 class ServiceState:
@@ -51,7 +54,7 @@ class ServiceState:
         return None if self.runtime is None else self.runtime.package.manifest.version
 
     def _load(self, version: int | None) -> Runtime:
-        rt = load(self.root, backend=self.backend, version=version, **self.options)
+        rt = load(self.root, backend=self.backend, version=version, hints=SERVICE_HINTS, **self.options)
         log.info("serving %s version %d, backend %s (%s)", self.root, rt.package.manifest.version,
                  rt.backend.name, rt.backend.precision)
         return rt

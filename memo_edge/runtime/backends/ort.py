@@ -39,12 +39,16 @@ class OrtBackend(Backend):
     """ONNX Runtime sessions, one per graph, on ``provider`` (falling back to the CPU for the rest)."""
 
     name = "ort"
-    options = frozenset({"use_full", "threads"})
+    options = frozenset({"use_full", "threads", "spinning"})
     provider: ClassVar[str] = "CPUExecutionProvider"
     install_hint: ClassVar[str] = "pip install 'memo-edge[onnx]'"
 
-    def __init__(self, version: PackageVersion, *, use_full: bool = True, threads: int | None = None) -> None:
-        self.threads = threads
+    def __init__(self, version: PackageVersion, *, use_full: bool = True, threads: int | None = None,
+                 spinning: bool = True) -> None:
+        # spinning: the intra-op threads busy-wait after a run, for the next one (ONNX Runtime's default).
+        # That helps a process that only predicts; the service turns it off, because there the spinning
+        # takes the CPU its event loop needs to bring the next batch in (benchmarks/serve_load.py).
+        self.threads, self.spinning = threads, spinning
         super().__init__(version, use_full=use_full)
 
     @classmethod
@@ -70,7 +74,7 @@ class OrtBackend(Backend):
         options.graph_optimization_level = self._ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if self.threads is not None:  # None keeps ONNX Runtime's default: one thread per physical core
             options.intra_op_num_threads = int(self.threads)
-        if graph != self.full_role:
+        if graph != self.full_role or not self.spinning:
             # Each session has its own intra-op pool whose threads spin after a run. The split path
             # runs 1 + T sessions back to back, so the idle pools' spinning starved the running one
             # (measured by benchmarks/ort_cpu_profile.py: "Thread spinning, split path" in docs/benchmarks.md).
@@ -97,7 +101,7 @@ class OrtCpuBackend(OrtBackend):
     options = OrtBackend.options | {"precision"}
 
     def __init__(self, version: PackageVersion, *, use_full: bool = True, threads: int | None = None,
-                 precision: str = "auto") -> None:
+                 precision: str = "auto", spinning: bool = True) -> None:
         has_int8 = version.manifest.file(INT8_ROLE) is not None
         if precision not in PRECISIONS:
             raise InputError(f"precision {precision!r}: choose from {', '.join(PRECISIONS)}")
@@ -107,7 +111,7 @@ class OrtCpuBackend(OrtBackend):
                              + ("" if use_full else " (int8 is the full graph only)"))
         if precision == "int8" or (precision == "auto" and has_int8 and use_full):
             self.precision, self.full_role = "int8", INT8_ROLE
-        super().__init__(version, use_full=use_full, threads=threads)
+        super().__init__(version, use_full=use_full, threads=threads, spinning=spinning)
 
 
 class OrtCudaBackend(OrtBackend):
@@ -132,10 +136,10 @@ class OrtTrtBackend(OrtBackend):
     install_hint = f"{GPU_HINT}, and the TensorRT libraries ({TRT_MISSING.split(': ', 1)[1]})"
 
     def __init__(self, version: PackageVersion, *, use_full: bool = True, threads: int | None = None,
-                 fp16: bool = False) -> None:
+                 fp16: bool = False, spinning: bool = True) -> None:
         self.fp16 = fp16
         self.precision = "fp16" if fp16 else "fp32"
-        super().__init__(version, use_full=use_full, threads=threads)
+        super().__init__(version, use_full=use_full, threads=threads, spinning=spinning)
 
     def _open(self) -> None:
         super()._open()

@@ -45,18 +45,26 @@ def precision_options(precision: str) -> dict[str, str]:
     return {} if precision == "auto" else {"precision": precision}
 
 
-def create_backend(name: str, version: PackageVersion, **options: Any) -> Backend:
-    """Backend ``name`` ("auto" = first available of AUTO_ORDER) for ``version``."""
+def create_backend(name: str, version: PackageVersion, *, hints: dict[str, Any] | None = None,
+                   **options: Any) -> Backend:
+    """Backend ``name`` ("auto" = first available of AUTO_ORDER) for ``version``.
+
+    ``options`` were asked for: a backend without one is refused (or, for auto, warned about).
+    ``hints`` are passed to the backend only where it takes them, silently (the service's
+    ``spinning=False`` means nothing to TensorRT)."""
     if name == "auto":
         cls, options = _pick_auto(options)
-        return cls(version, **options)
-    cls = BACKENDS.get(name)
-    if cls is None:
-        raise InputError(f"unknown backend {name!r}; choose from auto, {', '.join(BACKENDS)}")
-    problem = cls.missing()
-    if problem is not None:
-        raise InputError(f"backend {name} is not available here: {problem}")
-    unknown = sorted(set(options) - cls.options)
-    if unknown:
-        raise InputError(f"backend {name} has no option {', '.join(unknown)} (it takes {', '.join(sorted(cls.options))})")
-    return cls(version, **options)
+    else:
+        found = BACKENDS.get(name)
+        if found is None:
+            raise InputError(f"unknown backend {name!r}; choose from auto, {', '.join(BACKENDS)}")
+        cls = found
+        problem = cls.missing()
+        if problem is not None:
+            raise InputError(f"backend {name} is not available here: {problem}")
+        unknown = sorted(set(options) - cls.options)
+        if unknown:
+            raise InputError(f"backend {name} has no option {', '.join(unknown)} (it takes "
+                             f"{', '.join(sorted(cls.options))})")
+    taken = {k: v for k, v in (hints or {}).items() if k in cls.options and k not in options}
+    return cls(version, **options, **taken)
