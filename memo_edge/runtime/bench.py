@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
 import subprocess
 import sys
@@ -24,8 +23,8 @@ from typing import Any
 
 import numpy as np
 
-import memo_edge
 from memo_edge.errors import InputError, MemoEdgeError
+from memo_edge.utils.process import child_env
 
 __all__ = ["BenchRow", "bench", "measure", "format_bench", "peak_rss_mb"]
 
@@ -86,17 +85,10 @@ def _check(backends: Sequence[str], batches: Sequence[int], iterations: int, war
         raise InputError(f"need iterations >= 1 and warmup >= 0, got {iterations} and {warmup}")
 
 
-def _worker_env() -> dict[str, str]:
-    # The child must import this same memo_edge, installed or not.
-    root = str(Path(memo_edge.__file__).resolve().parents[1])
-    path = os.environ.get("PYTHONPATH")
-    return {**os.environ, "PYTHONPATH": root if not path else f"{root}{os.pathsep}{path}"}
-
-
 def _run_worker(package: Path, backend: str, batch: int, iterations: int, warmup: int, precision: str) -> BenchRow:
     cmd = [sys.executable, "-m", "memo_edge.runtime.bench", str(package), "--backend", backend, "--precision", precision,
            "--batch", str(batch), "--iterations", str(iterations), "--warmup", str(warmup)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=_worker_env())
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=child_env())
     lines = proc.stdout.strip().splitlines()
     try:
         result: dict[str, Any] = json.loads(lines[-1]) if lines else {}

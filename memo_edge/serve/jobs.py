@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from memo_edge.serve.inputs import RequestError
+from memo_edge.utils.process import child_env
 
 __all__ = ["UpdateOptions", "Job", "UpdateJobs"]
 
@@ -160,7 +161,7 @@ class UpdateJobs:
         try:
             proc = await asyncio.create_subprocess_exec(*argv, stdin=asyncio.subprocess.DEVNULL,
                                                         stdout=asyncio.subprocess.PIPE,
-                                                        stderr=asyncio.subprocess.PIPE)
+                                                        stderr=asyncio.subprocess.PIPE, env=child_env())
         except OSError as exc:
             shutil.rmtree(workdir, ignore_errors=True)
             raise RequestError(503, f"cannot start the update process ({exc})") from None
