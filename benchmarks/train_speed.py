@@ -4,7 +4,13 @@ Times the real training step (`memo_edge.train.task.train_step`) on batches of r
 uint8 images, augmented as in training, with the parts frozen as in a B0 run (old branches frozen,
 trunk trained). Warm-up steps first, then repeated timed steps; reports median and p95 per step.
 
+Distributed mode (`--nproc 1,2`): the same step at one global batch, in 1 process (the plain trainer)
+and in N processes started by torch's elastic launcher as `memo-edge train --nproc N` starts them
+(DistributedDataParallel, synchronised BatchNorm, each process its share of the global batch; Gloo and
+cores / N threads each on the CPU, NCCL and one GPU each on GPUs). Step times are rank 0's.
+
     .venv/bin/python benchmarks/train_speed.py [--device cpu] [--steps 20] [--write docs/benchmarks.md]
+    .venv/bin/python benchmarks/train_speed.py --nproc 1,2 --tasks 1 [--device cpu] [--write docs/benchmarks.md]
 """
 
 from __future__ import annotations
@@ -15,36 +21,44 @@ import os
 import platform
 import statistics
 import time
+import uuid
 from pathlib import Path
 
 import torch
 
 from memo_edge.model import MemoNet
 from memo_edge.train.augment import CifarAugment
+from memo_edge.train.distributed import current_world, distributed_session, shard_bounds, wrap_for_training
 from memo_edge.train.recipe import build_optimizer, paper_recipe
 from memo_edge.train.task import train_step
 
-from _report import cpu_name, write_section  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+from _report import cpu_name, load_average, write_section  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 CIFAR_MEAN, CIFAR_STD = (0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761)
 
 
 def measure(tasks: int, *, batch: int, steps: int, warmup: int, device: torch.device) -> dict[str, float]:
+    """Median/p95 step time at ``batch`` images; in a process group, this rank's share of that global batch."""
     torch.manual_seed(0)
+    world = current_world()
     model = MemoNet("resnet32")
     for _ in range(tasks):
         model.expand(10)
+    device = world.device_for(device)
     model.to(device)
     model.freeze_old_branches()
-    model.train()
+    net = wrap_for_training(model, device)
+    net.train()
     optimizer = build_optimizer([p for p in model.parameters() if p.requires_grad], paper_recipe(min(tasks - 1, 1)))
     augment, gen = CifarAugment(CIFAR_MEAN, CIFAR_STD), torch.Generator().manual_seed(0)
-    images = torch.randint(0, 256, (batch, 32, 32, 3), dtype=torch.uint8, device=device)
-    labels = torch.randint(0, model.num_classes, (batch,), device=device)
+    lo, hi = shard_bounds(batch, world.rank, world.size)
+    images = torch.randint(0, 256, (hi - lo, 32, 32, 3), dtype=torch.uint8, device=device)
+    labels = torch.randint(0, model.num_classes, (hi - lo,), device=device)
     times = []
     for i in range(warmup + steps):
         start = time.perf_counter()
-        train_step(model, optimizer, augment(images, gen), labels, model.known_classes)
+        x = augment.apply(images, augment.sample_params(hi - lo, 32, 32, gen))
+        train_step(net, optimizer, x, labels, model.known_classes, loss_scale=(hi - lo) * world.size / batch)
         if device.type == "cuda":
             torch.cuda.synchronize()
         if i >= warmup:
@@ -52,6 +66,28 @@ def measure(tasks: int, *, batch: int, steps: int, warmup: int, device: torch.de
     median = statistics.median(times)
     p95 = sorted(times)[min(len(times) - 1, round(0.95 * (len(times) - 1)))]
     return {"tasks": tasks, "median_s": median, "p95_s": p95, "images_per_s": batch / median}
+
+
+def _ddp_worker(tasks: int, batch: int, steps: int, warmup: int, device: str, threads: int | None) -> dict[str, float]:
+    if threads is not None:
+        torch.set_num_threads(threads)
+    with distributed_session(device, timeout_s=120):
+        return measure(tasks, batch=batch, steps=steps, warmup=warmup, device=torch.device(device))
+
+
+def measure_ddp(nproc: int, tasks: int, args: argparse.Namespace, device: torch.device) -> dict[str, float]:
+    """One row of the distributed table: 1 = this process as the plain trainer runs; N = N workers."""
+    cores = os.cpu_count() or 1
+    if nproc == 1:
+        row = measure(tasks, batch=args.batch, steps=args.steps, warmup=args.warmup, device=device)
+        return {**row, "nproc": 1, "threads": torch.get_num_threads() if device.type == "cpu" else 0}
+    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
+    threads = max(1, cores // nproc) if device.type == "cpu" else None
+    launch = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=nproc, run_id=uuid.uuid4().hex,
+                          rdzv_backend="c10d", rdzv_endpoint="127.0.0.1:0", max_restarts=0)
+    rows = elastic_launch(launch, _ddp_worker)(tasks, args.batch, args.steps, args.warmup, device.type, threads)
+    return {**rows[0], "nproc": nproc, "threads": threads or 0}
 
 
 def machine(device: torch.device) -> str:
@@ -80,6 +116,31 @@ def to_markdown(rows: list[dict[str, float]], args: argparse.Namespace, device: 
     return "\n".join(lines) + "\n"
 
 
+def ddp_markdown(rows: list[dict[str, float]], args: argparse.Namespace, device: torch.device) -> str:
+    backend = "Gloo" if device.type == "cpu" else "NCCL"
+    lines = [
+        f"## Distributed training speed: MEMO ResNet-32, {device.type.upper()}, 1 vs N processes",
+        "",
+        f"- when: {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC",
+        f"- where: {device.type} ({machine(device)}), Python {platform.python_version()}, torch {torch.__version__}; "
+        f"1-min load average {args.load_before} before the run, {load_average()} after it (counting the run itself)",
+        f"- what: one training step at a global batch of {args.batch} (T = {args.tasks}), 1 process = the plain trainer, "
+        f"N processes = DistributedDataParallel + synchronised BatchNorm over {backend}, each its share of the batch; "
+        f"{args.warmup} warm-up steps, {args.steps} timed, rank 0's clock",
+        f"- command: `.venv/bin/python benchmarks/train_speed.py --nproc {args.nproc} --tasks {args.tasks.split(',')[0]} "
+        f"--device {device.type} --steps {args.steps}{f' --write {args.write}' if args.write else ''}`",
+        "",
+        "| processes | torch threads each | median step (s) | p95 step (s) | images/s | vs 1 process |",
+        "|---|---|---|---|---|---|",
+    ]
+    base = rows[0]["images_per_s"]
+    for r in rows:
+        threads = r["threads"] or "-"
+        lines.append(f"| {r['nproc']} | {threads} | {r['median_s']:.3f} | {r['p95_s']:.3f} | {r['images_per_s']:.0f} | "
+                     f"{r['images_per_s'] / base:.2f}x |")
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -87,9 +148,18 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--tasks", default="1,5,10")
+    parser.add_argument("--nproc", help="Distributed mode: process counts to compare, e.g. 1,2 (one --tasks value)")
     parser.add_argument("--write", type=Path, help="Markdown file whose section to replace, e.g. docs/benchmarks.md")
     args = parser.parse_args()
     device = torch.device(args.device)
+    if args.nproc:
+        args.load_before = load_average()
+        rows = [measure_ddp(int(n), int(args.tasks.split(",")[0]), args, device) for n in args.nproc.split(",")]
+        section = ddp_markdown(rows, args, device)
+        print(section)
+        if args.write:
+            write_section(args.write, f"train_speed_ddp_{device.type}", section)
+        return
     rows = [measure(int(t), batch=args.batch, steps=args.steps, warmup=args.warmup, device=device)
             for t in args.tasks.split(",")]
     section = to_markdown(rows, args, device)

@@ -111,10 +111,15 @@ def _run_config(out: Path, data_dir: Path | None, **options: Any) -> Any:
 @click.option("--out", type=click.Path(path_type=Path), help="Run directory (checkpoints, results, plots).")
 @click.option("--resume", type=click.Path(path_type=Path, file_okay=False), help="Continue the run in this directory.")
 @click.option("--force", is_flag=True, help="Overwrite a run already in --out.")
+@click.option("--nproc", type=click.IntRange(min=1), help="Processes on this machine, as torchrun would start them "
+              "(one per GPU; Gloo with --device cpu); --batch-size stays the global batch.")
+@click.option("--dist-timeout", type=click.FloatRange(min=1), default=300, show_default=True,
+              help="Seconds a process of a distributed run waits for the others before it stops with an error.")
 def train(out: Path | None, resume: Path | None, force: bool, device: str | None, data_dir: Path | None,
-          **options: Any) -> None:
-    """Train MEMO task by task; checkpoints after every task."""
-    from memo_edge.train.run import resume_config, train as run_training
+          nproc: int | None, dist_timeout: float, **options: Any) -> None:
+    """Train MEMO task by task; checkpoints after every task (docs/distributed.md: many GPUs, torchrun)."""
+    from memo_edge.train.launch import run_training
+    from memo_edge.train.run import resume_config
 
     if resume is not None:
         config = resume_config(resume, device=device)
@@ -122,7 +127,8 @@ def train(out: Path | None, resume: Path | None, force: bool, device: str | None
         raise InputError("give --out DIR for a new run, or --resume DIR to continue one")
     else:
         config = _run_config(out, data_dir, device=device, **options)
-    results = run_training(config, resume=resume is not None, force=force, on_task=_print_task)
+    results = run_training(config, resume=resume is not None, force=force, on_task=_print_task, nproc=nproc,
+                           timeout_s=dist_timeout)
     _print_summary(results, Path(config.out))
 
 

@@ -11,6 +11,7 @@ from torch import Tensor
 from memo_edge.data.sources import ImageSource
 from memo_edge.memory.herding import l2_normalize
 from memo_edge.model import MemoNet
+from memo_edge.train.distributed import current_world, gather_rows, shard_bounds
 from memo_edge.train.metrics import TaskMetrics, nme_scores, task_metrics
 
 __all__ = ["iter_batches", "extract", "class_means", "evaluate"]
@@ -29,19 +30,29 @@ def iter_batches(source: ImageSource, indices: np.ndarray, batch_size: int) -> I
 def extract(
     model: MemoNet, source: ImageSource, transform: Transform, device: torch.device, *, batch_size: int = 256
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Concatenated branch features [N, d*T] and logits [N, classes], in the source's order."""
+    """Concatenated branch features [N, d*T] and logits [N, classes], in the source's order.
+
+    In a distributed run each process computes its contiguous share and every process gets all rows.
+    """
     was_training = model.training
     model.eval()
+    world = current_world()
+    lo, hi = shard_bounds(len(source), world.rank, world.size)
     feats, logits = [], []
-    for images, _ in iter_batches(source, np.arange(len(source)), batch_size):
+    for images, _ in iter_batches(source, np.arange(lo, hi), batch_size):
         out = model(transform(torch.from_numpy(images).to(device)))
         feats.append(out.features.float().cpu().numpy())
         logits.append(out.logits.float().cpu().numpy())
     model.train(was_training)
     dim = model.feature_dim * model.num_branches
-    if not feats:
-        return np.zeros((0, dim), np.float32), np.zeros((0, model.num_classes), np.float32)
-    return np.concatenate(feats), np.concatenate(logits)
+    if feats:
+        feats_np, logits_np = np.concatenate(feats), np.concatenate(logits)
+    else:
+        feats_np, logits_np = np.zeros((0, dim), np.float32), np.zeros((0, model.num_classes), np.float32)
+    if world.size > 1:  # one gather for both arrays
+        rows = gather_rows(np.concatenate([feats_np, logits_np], axis=1), len(source))
+        feats_np, logits_np = rows[:, :dim], rows[:, dim:]
+    return feats_np, logits_np
 
 
 def class_means(features: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndarray:

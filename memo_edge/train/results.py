@@ -35,6 +35,7 @@ class TaskRecord:
     train_images_per_s: float
     final_loss: float
     align_gamma: float
+    world_size: int = 1  # processes that trained the task (a resumed run may use another number)
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)

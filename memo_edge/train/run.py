@@ -36,6 +36,7 @@ from memo_edge.train.checkpoint import (
     verified_states,
 )
 from memo_edge.train.config import TrainConfig, default_scenario
+from memo_edge.train.distributed import current_world
 from memo_edge.train.features import evaluate
 from memo_edge.train.recipe import default_train_base, paper_recipe
 from memo_edge.train.results import TaskRecord, producer_versions, write_results
@@ -45,7 +46,7 @@ from memo_edge.train.rundir import CONFIG_FILE, load_run_data, read_run_header
 from memo_edge.utils.io import atomic_write_json
 from memo_edge.utils.paths import check_separate
 
-__all__ = ["RunSetup", "prepare", "train", "resume_config", "resolve_memory"]
+__all__ = ["RunSetup", "prepare", "train", "check_run", "resume_config", "resolve_memory"]
 
 log = logging.getLogger(__name__)
 _RUN_FILES = ("config.json", "results.json", "metrics.csv", "accuracy.png", "accuracy_matrix.png")
@@ -97,7 +98,11 @@ def prepare(config: TrainConfig) -> RunSetup:
         paper_recipe(1, epochs=config.epochs, schedule=config.schedule)  # type: ignore[arg-type]
     except ValueError as exc:
         raise InputError(str(exc)) from None
-    device = select_device(config.device)
+    world = current_world()
+    if config.batch_size < world.size:
+        raise InputError(f"--batch-size {config.batch_size} is the global batch, shared by {world.size} processes: "
+                         "it must be at least the number of processes")
+    device = world.device_for(select_device(config.device))
     dataset, order = load_run_data(config)
     spec = config.scenario or default_scenario(config.dataset)
     scenario = build_scenario(spec, dataset.num_classes, class_order=order)
@@ -108,21 +113,37 @@ def prepare(config: TrainConfig) -> RunSetup:
     return RunSetup(replace(config, scenario=spec), dataset, scenario, memory, train_base, device)
 
 
-def _prepare_run_dir(out: Path, config: TrainConfig, *, force: bool) -> None:
+def _check_run_dir(out: Path, config: TrainConfig) -> None:
+    """Refuse an ``out`` that already holds a run (read only: every process of a distributed run checks)."""
     existing = out / CONFIG_FILE
     if existing.exists() or any(out.glob("task-[0-9][0-9]")):
-        if not force:
-            try:
-                same = TrainConfig.from_json(json.loads(existing.read_text())["config"]).same_run_as(config)
-            except (OSError, ValueError, TypeError, KeyError):
-                same = False
-            what = "this run" if same else "a different run"
-            raise InputError(f"{out} already holds {what}; pass --resume to continue it or --force to start over")
+        try:
+            same = TrainConfig.from_json(json.loads(existing.read_text())["config"]).same_run_as(config)
+        except (OSError, ValueError, TypeError, KeyError):
+            same = False
+        what = "this run" if same else "a different run"
+        raise InputError(f"{out} already holds {what}; pass --resume to continue it or --force to start over")
+
+
+def _make_run_dir(out: Path, *, force: bool) -> None:
+    """``out`` ready for a new run; with ``force`` a run already there is removed first."""
+    if force:
         for task in out.glob("task-[0-9][0-9]"):
             shutil.rmtree(task)
         for name in _RUN_FILES:
             (out / name).unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)
+
+
+def check_run(config: TrainConfig, *, resume: bool = False, force: bool = False) -> None:
+    """What ``train`` refuses before its first task, without writing anything (``--nproc`` checks once
+    here before it starts any process)."""
+    check_separate(config.out, *dataset_dirs(config.dataset, config.data_dir), what="run")
+    prepare(config)
+    if resume:
+        verified_states(Path(config.out))
+    elif not force:
+        _check_run_dir(Path(config.out), config)
 
 
 def resume_config(run_dir: Path, *, device: str | None = None) -> TrainConfig:
@@ -147,6 +168,7 @@ def _header(setup: RunSetup) -> dict[str, Any]:
         "normalization": {"mean": list(setup.dataset.mean), "std": list(setup.dataset.std)},
         "train_base": setup.train_base,
         "device": str(setup.device),
+        "distributed": current_world().to_json(),
         "versions": producer_versions(),
     }
 
@@ -190,9 +212,12 @@ def train(config: TrainConfig, *, resume: bool = False, force: bool = False, on_
     """Run (or continue) all tasks of ``config``; returns the final results.json content.
 
     A new ``out`` that this call creates is removed again if it fails before the first task is saved.
+    Inside a process group (``memo_edge.train.launch``) every process calls this; rank 0 writes, calls
+    ``on_task`` and returns the results, the others return {}.
     """
     check_separate(config.out, *dataset_dirs(config.dataset, config.data_dir), what="run")
-    created = None if resume else _first_missing(Path(config.out))  # before anything can create it
+    # Before anything can create it; only the writer (rank 0) ever creates or removes it.
+    created = None if resume or not current_world().is_writer else _first_missing(Path(config.out))
     setup = prepare(config)
     with _removed_unless_kept(created) as keep:
         return _train(setup, resume=resume, force=force, on_task=on_task, keep=keep)
@@ -202,11 +227,16 @@ def _train(setup: RunSetup, *, resume: bool, force: bool, on_task: TaskCallback 
            keep: Callable[[], None]) -> dict[str, Any]:
     out = Path(setup.config.out)
     header = _header(setup)
+    world = current_world()
     if resume:
         states = verified_states(out)
     else:
-        _prepare_run_dir(out, setup.config, force=force)
-        atomic_write_json(out / CONFIG_FILE, header)
+        if not force:
+            _check_run_dir(out, setup.config)
+        world.barrier()  # every process has checked before rank 0 changes anything
+        if world.is_writer:
+            _make_run_dir(out, force=force)
+            atomic_write_json(out / CONFIG_FILE, header)
         states = []
     done = len(states)
 
@@ -225,15 +255,19 @@ def _train(setup: RunSetup, *, resume: bool, force: bool, on_task: TaskCallback 
         exemplars = ExemplarSet.empty(setup.dataset.image_shape)
         records = []
 
-    results = write_results(out, header, records, complete=done == setup.scenario.num_tasks) if records else {}
+    results = {}
+    if records and world.is_writer:
+        results = write_results(out, header, records, complete=done == setup.scenario.num_tasks)
     for task in range(done, setup.scenario.num_tasks):
         model, exemplars, record = _run_task(setup, task, model, exemplars, generator)
         records.append(record)
-        state = {"scenario": setup.scenario.to_json(), "record": record.to_json(), "rng": rng_state(generator)}
-        save_checkpoint(out, task, model, exemplars, state)
-        keep()  # a finished task is worth keeping whatever happens next
-        results = write_results(out, header, records, complete=task + 1 == setup.scenario.num_tasks)
-        if on_task is not None:
+        if world.is_writer:  # every process holds the same model, exemplars and RNG states
+            state = {"scenario": setup.scenario.to_json(), "record": record.to_json(), "rng": rng_state(generator)}
+            save_checkpoint(out, task, model, exemplars, state)
+            keep()  # a finished task is worth keeping whatever happens next
+            results = write_results(out, header, records, complete=task + 1 == setup.scenario.num_tasks)
+        world.barrier()
+        if on_task is not None and world.is_writer:
             on_task(record, setup.scenario.num_tasks)
     return results
 
@@ -271,5 +305,6 @@ def _run_task(
         train_images_per_s=round(result.images_per_second, 1),
         final_loss=result.final_loss,
         align_gamma=result.align_gamma,
+        world_size=current_world().size,
     )
     return model, result.exemplars, record

@@ -14,14 +14,16 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from memo_edge.data.sources import ArraySource, ImageSource, concat_sources
+from memo_edge.errors import MemoEdgeError
 from memo_edge.memory.alignment import exemplar_bytes
 from memo_edge.memory.exemplars import ExemplarSet, select_exemplars
 from memo_edge.memory.policy import MemoryPolicy
 from memo_edge.model import MemoNet
+from memo_edge.train.distributed import World, all_sum, current_world, end_training, shard_batch, wrap_for_training
 from memo_edge.train.features import class_means, extract
 from memo_edge.train.recipe import Recipe, build_optimizer, build_scheduler
 
@@ -44,6 +46,7 @@ class TaskResult:
     final_loss: float
     images_per_second: float
     per_class: int
+    step_losses: tuple[float, ...] = ()  # mean loss of each global batch, all epochs in order
 
 
 def learn_task(
@@ -65,6 +68,9 @@ def learn_task(
 
     ``on_epoch(epoch, epochs, mean_loss)`` is called after each training epoch (1-based), e.g. to report
     progress to another process.
+
+    In a process group (``memo_edge.train.distributed``) every process calls this with the same
+    arguments: each trains on its share of every batch, and all end with the same model and exemplars.
     """
     model.expand(num_new)
     model.to(device)
@@ -73,7 +79,7 @@ def learn_task(
         if not train_base:
             model.freeze_trunk()
     data = concat_sources([new_data, ArraySource(exemplars.images, exemplars.labels)]) if len(exemplars) else new_data
-    loss, speed = _train(model, data, recipe, transforms.train, device, generator, desc, on_epoch)
+    loss, speed, steps = _train(model, data, recipe, transforms.train, device, generator, desc, on_epoch)
     gamma = model.weight_align()
 
     per_class = memory.per_class(
@@ -86,11 +92,17 @@ def learn_task(
     # Prototypes of every seen class come from the current model (old classes' features moved too).
     feats, _ = extract(model, ArraySource(updated.images, updated.labels), transforms.test, device)
     means = class_means(feats, updated.labels, model.num_classes)
-    return TaskResult(updated, means, gamma, loss, speed, per_class)
+    return TaskResult(updated, means, gamma, loss, speed, per_class, steps)
 
 
-def train_step(model: MemoNet, optimizer: torch.optim.Optimizer, x: Tensor, y: Tensor, known: int) -> float:
-    """One SGD step on a preprocessed batch; returns the loss."""
+def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: Tensor, y: Tensor, known: int,
+               *, loss_scale: float = 1.0) -> float:
+    """One SGD step on a preprocessed batch; returns the loss (the batch mean).
+
+    ``model``: a MemoNet, or DDP over one. ``loss_scale`` weights this process's share of a global batch
+    (its size x processes / global size): DDP averages gradients over processes, which then gives the
+    gradient of the global batch's mean loss even when the shares differ in size.
+    """
     out = model(x)
     loss = F.cross_entropy(out.logits, y)
     if out.aux_logits is not None:
@@ -98,9 +110,18 @@ def train_step(model: MemoNet, optimizer: torch.optim.Optimizer, x: Tensor, y: T
         aux_y = torch.where(y >= known, y - known + 1, torch.zeros_like(y))
         loss = loss + F.cross_entropy(out.aux_logits, aux_y)
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    (loss * loss_scale if loss_scale != 1.0 else loss).backward()
     optimizer.step()
     return loss.item()
+
+
+def _batches(order: np.ndarray, batch_size: int, world_size: int) -> list[np.ndarray]:
+    """An epoch's global batches. A last one smaller than max(2, processes) is dropped: BatchNorm cannot
+    train on a single sample, and every process needs a share (so one process drops only a single image)."""
+    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    if len(batches) > 1 and len(batches[-1]) < max(2, world_size):
+        batches.pop()
+    return batches
 
 
 def _train(
@@ -112,33 +133,65 @@ def _train(
     generator: torch.Generator,
     desc: str,
     on_epoch: Callable[[int, int, float], None] | None = None,
-) -> tuple[float, float]:
-    """Train for ``recipe.epochs``; returns (mean loss of the last epoch, images per second)."""
+) -> tuple[float, float, tuple[float, ...]]:
+    """Train for ``recipe.epochs``; returns (mean loss of the last epoch, images per second, step losses).
+
+    In a distributed run every process walks the same global batches and trains on its share of each.
+    """
+    world = current_world()
+    if min(len(data), recipe.batch_size) < world.size:
+        raise MemoEdgeError(f"{len(data)} training images in batches of {recipe.batch_size} cannot be shared by "
+                            f"{world.size} processes")
+    net = wrap_for_training(model, device)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = build_optimizer(params, recipe)
     scheduler = build_scheduler(optimizer, recipe)
     known = model.known_classes
-    seen, elapsed, loss_mean = 0, 0.0, float("nan")
-    for epoch in range(recipe.epochs):
-        model.train()
-        start = time.perf_counter()
-        order = torch.randperm(len(data), generator=generator).numpy()
-        batches = [order[i : i + recipe.batch_size] for i in range(0, len(order), recipe.batch_size)]
-        if len(batches) > 1 and len(batches[-1]) == 1:
-            batches.pop()  # BatchNorm cannot train on a single sample
-        total, count = 0.0, 0
-        bar = tqdm(batches, desc=f"{desc} epoch {epoch + 1}/{recipe.epochs}", leave=False, unit="batch", disable=None)
-        for idx in bar:
-            x = augment(torch.from_numpy(data.take(idx)).to(device, non_blocking=True), generator)
-            y = torch.from_numpy(data.labels[idx]).to(device)
-            total += train_step(model, optimizer, x, y, known) * len(idx)
-            count += len(idx)
-            bar.set_postfix(loss=f"{total / count:.3f}", img_s=f"{count / (time.perf_counter() - start):.0f}")
-        scheduler.step()
-        elapsed += time.perf_counter() - start
-        seen += count
-        loss_mean = total / max(count, 1)
-        log.debug("%s epoch %d: loss %.4f", desc, epoch + 1, loss_mean)
-        if on_epoch is not None:
-            on_epoch(epoch + 1, recipe.epochs, loss_mean)
-    return loss_mean, seen / elapsed if elapsed else 0.0
+    seen, elapsed, loss_mean, steps = 0, 0.0, float("nan"), []
+    succeeded = False
+    try:
+        for epoch in range(recipe.epochs):
+            net.train()
+            start = time.perf_counter()
+            order = torch.randperm(len(data), generator=generator).numpy()
+            batches = _batches(order, recipe.batch_size, world.size)
+            sums, total, count, local_count = [], 0.0, 0, 0
+            bar = tqdm(batches, desc=f"{desc} epoch {epoch + 1}/{recipe.epochs}", leave=False, unit="batch",
+                       disable=None if world.is_writer else True)
+            for idx in bar:
+                loss, local = _step(net, optimizer, data, idx, augment, generator, device, known, world)
+                sums.append(loss * local)
+                steps.append(loss)
+                total += sums[-1]
+                count += len(idx)
+                local_count += local
+                bar.set_postfix(loss=f"{total / local_count:.3f}", img_s=f"{count / (time.perf_counter() - start):.0f}")
+            scheduler.step()
+            if world.size > 1:  # each step's loss over the global batch: one all-reduce an epoch
+                sums = all_sum(sums)
+                steps[len(steps) - len(sums):] = [s / len(b) for s, b in zip(sums, batches)]
+                total = 0.0
+                for s in sums:
+                    total += s
+            elapsed += time.perf_counter() - start
+            seen += count
+            loss_mean = total / max(count, 1)
+            log.debug("%s epoch %d: loss %.4f", desc, epoch + 1, loss_mean)
+            if on_epoch is not None:
+                on_epoch(epoch + 1, recipe.epochs, loss_mean)
+        succeeded = True
+    finally:
+        end_training(model, succeeded=succeeded)
+    return loss_mean, seen / elapsed if elapsed else 0.0, tuple(steps)
+
+
+def _step(net: nn.Module, optimizer: torch.optim.Optimizer, data: ImageSource, idx: np.ndarray,
+          augment: Callable[[Tensor, torch.Generator], Tensor], generator: torch.Generator, device: torch.device,
+          known: int, world: World) -> tuple[float, int]:
+    """One step on global batch ``idx``; returns (this process's mean loss, its number of images)."""
+    if world.size == 1:
+        x = augment(torch.from_numpy(data.take(idx)).to(device, non_blocking=True), generator)
+        y = torch.from_numpy(data.labels[idx]).to(device)
+        return train_step(net, optimizer, x, y, known), len(idx)
+    x, y = shard_batch(data, idx, augment, generator, device, world)
+    return train_step(net, optimizer, x, y, known, loss_scale=len(y) * world.size / len(idx)), len(y)
