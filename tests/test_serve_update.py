@@ -169,6 +169,7 @@ def test_refused_updates_are_4xx_json_and_change_nothing(pkg: Path, base: dict[s
         (400, "images are (28, 28, 3)", npz_upload(x[:, :28, :28], y, names), "application/x-npz", QUICK),
         (400, "epochs='0'", class_folder_zip(x, y, names), "application/zip", "epochs=0"),
         (400, "unknown parameter 'lr'", class_folder_zip(x, y, names), "application/zip", "lr=1"),
+        (400, "int8='maybe': expected true or false", class_folder_zip(x, y, names), "application/zip", "int8=maybe"),
         (415, "content-type image/png", png(x[0]), "image/png", QUICK),
     ]
     with TestClient(create_app(pkg, backend="ort-cpu")) as client:
@@ -279,3 +280,13 @@ def test_a_killed_training_child_fails_its_job_and_the_service_carries_on(pkg: P
         assert done["state"] == "succeeded" and done["version"] == 2, done  # the killed job kept nothing
         assert http.post("/predict", content=npy(x[:3]), headers=NPY).json()["version"] == 2
     assert check_package(pkg).ok
+
+
+def test_update_options_map_to_the_update_command() -> None:
+    from memo_edge.serve.jobs import UpdateOptions
+
+    assert UpdateOptions.from_query({}).args() == ["--epochs", "30", "--batch-size", "128", "--schedule", "cosine",
+                                                   "--seed", "1993", "--freeze-base"]
+    options = UpdateOptions.from_query({"epochs": "3", "train_base": "true", "int8": "false", "schedule": "step"})
+    assert options.args() == ["--epochs", "3", "--batch-size", "128", "--schedule", "step", "--seed", "1993",
+                              "--train-base", "--no-int8"]

@@ -46,13 +46,14 @@ class UpdateOptions:
     schedule: str = "cosine"
     seed: int = 1993
     train_base: bool = False
+    int8: bool | None = None  # None: as the package has it
 
     @classmethod
     def from_query(cls, params: Mapping[str, str]) -> UpdateOptions:
-        unknown = sorted(set(params) - {"epochs", "batch_size", "schedule", "seed", "train_base"})
+        accepted = ("epochs", "batch_size", "schedule", "seed", "train_base", "int8")
+        unknown = sorted(set(params) - set(accepted))
         if unknown:
-            raise RequestError(400, f"unknown parameter {unknown[0]!r}; accepted: epochs, batch_size, schedule, "
-                               "seed, train_base")
+            raise RequestError(400, f"unknown parameter {unknown[0]!r}; accepted: {', '.join(accepted)}")
         d = cls()
         epochs = _whole(params, "epochs", d.epochs, 1)
         batch_size = _whole(params, "batch_size", d.batch_size, 2)
@@ -60,14 +61,21 @@ class UpdateOptions:
         schedule = params.get("schedule", d.schedule)
         if schedule not in ("cosine", "step"):
             raise RequestError(400, f"schedule={schedule!r}: expected cosine or step")
-        base = params.get("train_base", "false").lower()
-        if base not in ("true", "false", "1", "0"):
-            raise RequestError(400, f"train_base={base!r}: expected true or false")
-        return cls(epochs, batch_size, schedule, seed, base in ("true", "1"))
+        return cls(epochs, batch_size, schedule, seed, bool(_flag(params, "train_base")), _flag(params, "int8"))
 
     def args(self) -> list[str]:
+        int8 = [] if self.int8 is None else ["--int8" if self.int8 else "--no-int8"]
         return ["--epochs", str(self.epochs), "--batch-size", str(self.batch_size), "--schedule", self.schedule,
-                "--seed", str(self.seed), "--train-base" if self.train_base else "--freeze-base"]
+                "--seed", str(self.seed), "--train-base" if self.train_base else "--freeze-base", *int8]
+
+
+def _flag(params: Mapping[str, str], name: str) -> bool | None:
+    raw = params.get(name)
+    if raw is None:
+        return None
+    if raw.lower() not in ("true", "false", "1", "0"):
+        raise RequestError(400, f"{name}={raw!r}: expected true or false")
+    return raw.lower() in ("true", "1")
 
 
 def _whole(params: Mapping[str, str], name: str, default: int, least: int) -> int:

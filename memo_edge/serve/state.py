@@ -23,8 +23,8 @@ from memo_edge.runtime.predict import Runtime, load
 __all__ = ["ServiceState"]
 
 log = logging.getLogger(__name__)
-# ONNX Runtime's threads do not spin between runs here: the spinning took the CPU the event loop
-# needs (benchmarks/serve_load.py measures both; docs/benchmarks.md, "Serving under load").
+# ONNX Runtime's threads do not spin between runs here: between batches the event loop needs the CPU
+# to read the next requests (benchmarks/serve_load.py measures both; docs/benchmarks.md).
 SERVICE_HINTS = {"spinning": False}
 
 

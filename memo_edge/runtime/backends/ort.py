@@ -47,7 +47,7 @@ class OrtBackend(Backend):
                  spinning: bool = True) -> None:
         # spinning: the intra-op threads busy-wait after a run, for the next one (ONNX Runtime's default).
         # That helps a process that only predicts; the service turns it off, because there the spinning
-        # takes the CPU its event loop needs to bring the next batch in (benchmarks/serve_load.py).
+        # takes CPU its event loop needs to read the next requests (benchmarks/serve_load.py).
         self.threads, self.spinning = threads, spinning
         super().__init__(version, use_full=use_full)
 
