@@ -266,6 +266,22 @@ def test_concurrent_requests_are_coalesced_into_batches(pkg: Path) -> None:
     assert float(lines['memo_edge_batch_images_bucket{le="8.0"}']) == batches  # never more than max_batch
 
 
+def test_the_openapi_description_lists_every_route_with_its_methods(pkg: Path) -> None:
+    app = create_app(pkg, backend="ort-cpu", token="secret")
+    with TestClient(app) as client:
+        assert client.get("/openapi.json").status_code == 401
+        schema = client.get("/openapi.json", headers={"Authorization": "Bearer secret"}).json()
+    assert schema["openapi"].startswith("3.1") and schema["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
+    routes = {route.path: {m.lower() for m in route.methods or ()} - {"head"} for route in app.routes}
+    assert {path: set(ops) for path, ops in schema["paths"].items()} == routes
+    for path, ops in schema["paths"].items():
+        for op in ops.values():
+            for response in op["responses"].values():
+                for content in response.get("content", {}).values():
+                    ref = content["schema"].get("$ref")
+                    assert ref is None or ref.removeprefix("#/components/schemas/") in schema["components"]["schemas"]
+
+
 def test_a_lone_request_does_not_wait_for_company(pkg: Path) -> None:
     app = create_app(pkg, backend="ort-cpu", max_batch=8, max_delay_ms=600_000)  # a wait would outlast the test
 
@@ -282,10 +298,13 @@ def test_a_lone_request_does_not_wait_for_company(pkg: Path) -> None:
 
 
 def test_a_real_server_process_answers_and_stops_cleanly_on_sigterm(pkg: Path) -> None:
-    with served(pkg) as server:
+    with served(pkg, "--max-images", "2") as server:
         r = httpx.post(f"{server.url}/predict", content=npy(images(2)), headers={"content-type": "application/x-npy"},
                        timeout=10)
         assert r.status_code == 200 and r.json()["version"] == 1 and len(r.json()["predictions"]) == 2
+        r = httpx.post(f"{server.url}/predict", content=npy(images(3)), headers={"content-type": "application/x-npy"},
+                       timeout=10)  # the limit given on the command line
+        assert r.status_code == 413 and "at most 2" in r.json()["error"]
         server.proc.send_signal(signal.SIGTERM)
         server.proc.wait(timeout=30)
     out = server.log.read_text()

@@ -1,5 +1,5 @@
-"""The Starlette app: /predict, /update, /jobs/{id}, /rollback, /health, /ready, /info, /metrics
-(docs/serve.md).
+"""The Starlette app: /predict, /update, /jobs/{id}, /rollback, /health, /ready, /info, /metrics,
+/openapi.json (docs/serve.md).
 
 Every error a client can cause is a 4xx with ``{"error": "<one line>"}``; anything else is a 500 with
 one line (the traceback goes to the log, never to the client).
@@ -32,6 +32,7 @@ from memo_edge.serve.batcher import Batcher
 from memo_edge.serve.inputs import ARRAY_TYPES, Limits, RequestError, decode_array, decode_images
 from memo_edge.serve.jobs import Job, UpdateJobs, UpdateOptions
 from memo_edge.serve.metrics import Metrics
+from memo_edge.serve.openapi import openapi_schema
 from memo_edge.serve.state import ServiceState
 from memo_edge.serve.uploads import UPLOAD_TYPES, UploadLimits, unpack_upload
 
@@ -145,6 +146,11 @@ def create_app(package: str | Path, *, backend: str = "auto", precision: str = "
         await state.maybe_refresh()
         return JSONResponse(state.describe())
 
+    schema = openapi_schema(limits, upload_limits, token=token is not None)
+
+    async def openapi(request: Request) -> Response:
+        return JSONResponse(schema)
+
     async def metrics_text(request: Request) -> Response:
         return Response(metrics.text(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
@@ -163,7 +169,8 @@ def create_app(package: str | Path, *, backend: str = "auto", precision: str = "
               Route("/health", endpoint("health", health, auth=False), methods=["GET"]),
               Route("/ready", endpoint("ready", ready), methods=["GET"]),
               Route("/info", endpoint("info", info), methods=["GET"]),
-              Route("/metrics", endpoint("metrics", metrics_text), methods=["GET"])]
+              Route("/metrics", endpoint("metrics", metrics_text), methods=["GET"]),
+              Route("/openapi.json", endpoint("openapi", openapi), methods=["GET"])]
     app = Starlette(routes=routes, lifespan=lifespan)
     app.state.service, app.state.batcher, app.state.metrics, app.state.jobs = state, batcher, metrics, jobs
     return app

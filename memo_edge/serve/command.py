@@ -37,8 +37,16 @@ def precision_option(f: Any) -> Any:
               help="Longest wait for more requests to join a batch.")
 @click.option("--token-file", type=click.Path(path_type=Path, dir_okay=False),
               help="File holding a bearer token that every endpoint but /health requires.")
+@click.option("--max-body-mb", type=click.FloatRange(min=0, min_open=True), default=64, show_default=True,
+              help="Largest /predict body.")
+@click.option("--max-images", type=click.IntRange(min=1), default=256, show_default=True,
+              help="Most images in one /predict request.")
+@click.option("--max-image-pixels", type=click.IntRange(min=1), default=40_000_000, show_default=True,
+              help="Largest image file (width x height, checked before decoding).")
+@click.option("--max-upload-mb", type=click.FloatRange(min=0, min_open=True), default=512, show_default=True,
+              help="Largest /update body (archives may unpack to 4x this).")
 def serve(package: Path, **options: Any) -> None:
-    """Serve predictions over HTTP: dynamic batching, hot swap of new versions, /metrics (docs/serve.md)."""
+    """Serve predictions over HTTP: dynamic batching, update jobs, hot swap of new versions (docs/serve.md)."""
     from memo_edge.serve.server import serve as run_server
 
     run_server(package, **options)

@@ -37,7 +37,7 @@ _SKIPPED = {"__MACOSX"}  # what macOS's "Compress" adds beside the folders
 @dataclass(frozen=True)
 class UploadLimits:
     max_upload_bytes: int = 512 * 2**20
-    max_unpacked_bytes: int = 2 * 2**30
+    max_unpacked_bytes: int = 2 * 2**30  # 4x the upload: image files do not compress much
     max_members: int = 200_000
 
 
