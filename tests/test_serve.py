@@ -298,10 +298,13 @@ def test_a_lone_request_does_not_wait_for_company(pkg: Path) -> None:
 
 
 def test_a_real_server_process_answers_and_stops_cleanly_on_sigterm(pkg: Path) -> None:
+    rt = load(pkg, backend="ort-cpu")
+    labels, scores = rt.predict(images(2))
     with served(pkg, "--max-images", "2") as server:
-        r = httpx.post(f"{server.url}/predict", content=npy(images(2)), headers={"content-type": "application/x-npy"},
-                       timeout=10)
-        assert r.status_code == 200 and r.json()["version"] == 1 and len(r.json()["predictions"]) == 2
+        r = httpx.post(f"{server.url}/predict?top=3", content=npy(images(2)),
+                       headers={"content-type": "application/x-npy"}, timeout=10)
+        assert r.status_code == 200 and r.json()["version"] == 1
+        assert_matches(r.json(), labels, scores, rt.class_names, top=3)  # the Python API's answers
         r = httpx.post(f"{server.url}/predict", content=npy(images(3)), headers={"content-type": "application/x-npy"},
                        timeout=10)  # the limit given on the command line
         assert r.status_code == 413 and "at most 2" in r.json()["error"]
