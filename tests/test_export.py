@@ -88,7 +88,8 @@ def test_manifest_describes_the_package(package: Path, run: Path) -> None:
     header = json.loads((run / "config.json").read_text())
     assert m.class_names == tuple(header["class_names"])
     assert m.task_classes == ((0, 4), (4, 8), (8, 10))
-    assert {f.role for f in m.files} == {"trunk", "branch", "full", "head", "weights"}
+    assert {f.role for f in m.files} == {"trunk", "branch", "full", "head", "weights-trunk", "weights-branch",
+                                         "weights-head"}
     assert m.budget.model_bytes + m.budget.exemplar_bytes <= m.budget.total_bytes
     assert m.budget.exemplars == 60 and m.budget.exemplar_bytes == 60 * 3072
     assert m.opset == 17 and m.producer["opset"] == "17" and "torch" in m.producer
@@ -98,7 +99,7 @@ def test_manifest_describes_the_package(package: Path, run: Path) -> None:
         assert entry.name.startswith(entry.sha256) and "/" not in entry.name
 
 
-@pytest.mark.parametrize("role", ["trunk", "branch", "full", "head", "weights"])
+@pytest.mark.parametrize("role", ["trunk", "branch", "full", "head", "weights-trunk", "weights-branch", "weights-head"])
 def test_one_flipped_byte_is_refused_naming_the_file(package: Path, tmp_path: Path, role: str) -> None:
     import shutil
 

@@ -29,6 +29,7 @@ from memo_edge.model import MemoNet, create_backbone
 from memo_edge.runtime.check import require_intact
 from memo_edge.runtime.lock import writer_lock
 from memo_edge.runtime.catalog import next_version
+from memo_edge.runtime.manifest import WEIGHTS_BRANCH, WEIGHTS_HEAD, WEIGHTS_ROLE, WEIGHTS_TRUNK
 from memo_edge.runtime.package import INT8_ROLE, Manifest, PackageVersion, open_package
 from memo_edge.runtime.versions import append_version, collect_garbage, remove_orphans
 from memo_edge.train.augment import TestTransform, build_augment
@@ -106,13 +107,19 @@ def _class_folders(root: Path, size: int, resize_to: int) -> tuple[FolderSource,
 def _load_model(version: PackageVersion) -> MemoNet:
     m = version.manifest
     model = MemoNet.with_tasks(m.model["backbone"], list(m.model["task_sizes"]), split=m.model["split"])
-    entry = m.file("weights")
-    if entry is None:
+    whole = m.file(WEIGHTS_ROLE)  # packages written before issue 13: one file with every tensor
+    parts = (WEIGHTS_TRUNK, WEIGHTS_BRANCH, WEIGHTS_HEAD)  # since issue 13: one file per component
+    entries = [whole] if whole is not None else [f for f in m.files if f.role in parts]
+    if not entries:
         raise InputError(f"{version.root}: the package has no training weights; it cannot learn on the device")
+    state: dict[str, torch.Tensor] = {}
     try:
-        model.load_state_dict(load_file(str(version.path(entry))))
+        for entry in entries:
+            state.update(load_file(str(version.path(entry))))
+        model.load_state_dict(state)
     except (SafetensorError, RuntimeError) as exc:
-        raise InputError(f"{version.path(entry)}: training weights do not fit the manifest's model: {exc}") from None
+        names = ", ".join(version.path(e).name for e in entries)
+        raise InputError(f"{names}: training weights do not fit the manifest's model: {exc}") from None
     model.freeze_old_branches()
     if m.model.get("trunk_frozen"):
         model.freeze_trunk()
@@ -187,8 +194,12 @@ def _update(config: UpdateConfig, on_event: Event) -> PackageVersion:
     sample = rng.permutation(len(new_data))[: config.verify_images // 2]
     images = np.concatenate([new_data.take(np.sort(sample)), result.exemplars.images[: config.verify_images // 2]])
 
+    # Only the graphs this update wrote are compared one by one; the kept ones were when they were
+    # written (their files are checked by sha256 on every load). The end-to-end checks run in full.
+    written = [role if task is None else f"{role}-{task}" for _, role, _, task in blobs if role in ("trunk", "branch")]
+
     def verify(candidate: PackageVersion) -> dict:
-        return verify_package(candidate, model, images) | {"images_from": "new task data + exemplars"}
+        return verify_package(candidate, model, images, graphs=written) | {"images_from": "new task data + exemplars"}
 
     committed = append_version(config.package, manifest, blobs, kept, result.exemplars,
                                exemplar_tasks(result.exemplars, manifest.task_classes), verify=verify)

@@ -31,13 +31,14 @@ from memo_edge.memory.policy import MemoryPolicy
 from memo_edge.model import MemoNet
 from memo_edge.runtime.engine_build import build_engines
 from memo_edge.runtime.engine_cache import EngineOptions, EngineRecord, GpuInfo, engine_graphs, probe_environment
+from memo_edge.runtime.manifest import WEIGHTS_BRANCH, WEIGHTS_HEAD, WEIGHTS_TRUNK
 from memo_edge.runtime.package import INT8_ROLE, Budget, InputSpec, Manifest, PackageVersion, open_package, write_package
 from memo_edge.train.checkpoint import load_checkpoint, verified_states
 from memo_edge.train.results import producer_versions
 from memo_edge.train.rundir import read_run_header, run_test_split
 from memo_edge.utils.paths import check_separate
 
-__all__ = ["ExportConfig", "export_run", "model_blobs", "model_manifest", "package_model", "exemplar_tasks"]
+__all__ = ["ExportConfig", "export_run", "model_blobs", "weight_blobs", "model_manifest", "package_model", "exemplar_tasks"]
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +97,8 @@ def torch_gpu_probe() -> GpuInfo | None:
 
 def model_blobs(model: MemoNet, spec: InputSpec, *, branches: Sequence[int], trunk: bool, full: bool,
                 int8_calibration: np.ndarray | None = None) -> list[Blob]:
-    """Serialized files of ``model`` for a package: the named graphs, the head and the training weights.
+    """Serialized files of ``model`` for a package: the named graphs, the head and the training weights
+    (every component's: the caller's content addressing keeps the unchanged ones).
 
     With ``int8_calibration`` (uint8 images) the full graph also gets its int8 copy.
     """
@@ -117,8 +119,30 @@ def model_blobs(model: MemoNet, spec: InputSpec, *, branches: Sequence[int], tru
         raise InputError("the model has no classifier (no task learned)")
     head = {"weight": model.fc.weight.detach().cpu().numpy(), "bias": model.fc.bias.detach().cpu().numpy()}
     blobs.append((save_numpy(head), "head", ".safetensors", None))
-    blobs.append((save_torch({k: v.contiguous() for k, v in model.state_dict().items()}), "weights", ".safetensors", None))
-    return blobs
+    return blobs + weight_blobs(model)
+
+
+def weight_blobs(model: MemoNet) -> list[Blob]:
+    """The training weights, one safetensors file per component (``WEIGHT_ROLES``).
+
+    Trunk, each branch, and the classifiers: the keys of ``model.state_dict()`` split by module, so a
+    frozen component serializes to the same bytes after an update, hence to the same content-addressed
+    file, and only the new branch and the head (plus the trunk with ``--train-base``) are new bytes.
+    """
+    parts: dict[tuple[str, int | None], dict[str, torch.Tensor]] = {}
+    for key, tensor in model.state_dict().items():
+        first, _, rest = key.partition(".")
+        if first == "trunk":
+            part = (WEIGHTS_TRUNK, None)
+        elif first == "branches":
+            part = (WEIGHTS_BRANCH, int(rest.partition(".")[0]))
+        else:
+            part = (WEIGHTS_HEAD, None)
+        parts.setdefault(part, {})[key] = tensor.detach().cpu().contiguous()
+    if (WEIGHTS_TRUNK, None) not in parts:  # a DER-style model (split=0) has no trunk parameters
+        parts[(WEIGHTS_TRUNK, None)] = {}
+    return [(save_torch(tensors), role, ".safetensors", task) for (role, task), tensors in sorted(
+        parts.items(), key=lambda item: (item[0][0], -1 if item[0][1] is None else item[0][1]))]
 
 
 def exemplar_tasks(exemplars: ExemplarSet, task_classes: Sequence[tuple[int, int]]) -> np.ndarray:

@@ -18,12 +18,18 @@ from memo_edge.data.sources import eval_resize
 from memo_edge.errors import InputError
 
 __all__ = [
-    "FORMAT_VERSION", "INT8_ROLE", "PackageError", "ReadOnlyPackageError", "FileEntry", "InputSpec", "Budget",
+    "FORMAT_VERSION", "INT8_ROLE", "WEIGHTS_ROLE", "WEIGHTS_TRUNK", "WEIGHTS_BRANCH", "WEIGHTS_HEAD",
+    "PackageError", "ReadOnlyPackageError", "FileEntry", "InputSpec", "Budget",
     "Manifest", "check_name", "manifest_problem", "manifest_text", "read_manifest",
 ]
 
 FORMAT_VERSION = 1
 INT8_ROLE = "full-int8"  # an int8 copy of the full graph for CPU inference (export --int8)
+# Training weights (safetensors, what `update` learns from). Per component since issue 13: the
+# trunk's, one per branch (task t), and the classifiers' (fc, aux_fc); an unchanged component keeps
+# its content-addressed file across updates. Packages written before hold one WEIGHTS_ROLE file.
+WEIGHTS_ROLE = "weights"
+WEIGHTS_TRUNK, WEIGHTS_BRANCH, WEIGHTS_HEAD = "weights-trunk", "weights-branch", "weights-head"
 _PLAIN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,200}$")
 
 
@@ -38,10 +44,10 @@ class ReadOnlyPackageError(PackageError):
 @dataclass(frozen=True)
 class FileEntry:
     name: str  # <sha256><ext>, a plain name inside the package
-    role: str  # trunk | branch | full | full-int8 | head | weights
+    role: str  # trunk | branch | full | full-int8 | head | weights-trunk | weights-branch | weights-head | weights (old)
     sha256: str
     size: int
-    task: int | None = None  # the task of a branch graph
+    task: int | None = None  # the task of a branch graph or of a branch's weights
 
 
 @dataclass(frozen=True)
@@ -182,7 +188,7 @@ def read_manifest(where: Path, version: int, text: str, expected_sha256: str) ->
     return manifest
 
 
-_ROLES = ("trunk", "branch", "full", INT8_ROLE, "head", "weights")
+_ROLES = ("trunk", "branch", "full", INT8_ROLE, "head", WEIGHTS_ROLE, WEIGHTS_TRUNK, WEIGHTS_BRANCH, WEIGHTS_HEAD)
 
 
 def manifest_problem(m: Manifest) -> str | None:
@@ -227,4 +233,23 @@ def manifest_problem(m: Manifest) -> str | None:
     branches = [f.task for f in m.branches()]
     if not 1 <= len(branches) <= len(m.task_classes) or branches != list(range(len(branches))):
         return f"files: branch graphs for tasks {branches}, expected tasks 0, 1, ... (at most {len(m.task_classes)})"
+    return _weights_problem(m, branches)
+
+
+def _weights_problem(m: Manifest, branches: list[int | None]) -> str | None:
+    """Training weights are optional, but whole: one old-style file, or every component's."""
+    roles = [f.role for f in m.files]
+    split = [f for f in m.files if f.role in (WEIGHTS_TRUNK, WEIGHTS_BRANCH, WEIGHTS_HEAD)]
+    if roles.count(WEIGHTS_ROLE) > 1:
+        return f"files: {roles.count(WEIGHTS_ROLE)} {WEIGHTS_ROLE} files, expected at most one"
+    if not split:
+        return None
+    if WEIGHTS_ROLE in roles:
+        return f"files: both a whole {WEIGHTS_ROLE} file and per-component weights"
+    for role in (WEIGHTS_TRUNK, WEIGHTS_HEAD):
+        if roles.count(role) != 1 or m.file(role) is None:
+            return f"files: {roles.count(role)} {role} files without a task, expected one"
+    tasks = sorted((f.task for f in split if f.role == WEIGHTS_BRANCH), key=lambda t: -1 if t is None else t)
+    if tasks != branches:
+        return f"files: {WEIGHTS_BRANCH} for tasks {tasks}, expected one per branch graph {branches}"
     return None

@@ -4,7 +4,9 @@ Layout (a directory)::
 
     catalog.sqlite            versions: each version's manifest (JSON) and its exemplar rows
     <sha256>.onnx             graphs: trunk, branch-K, full, full-int8 (optional); named by content
-    <sha256>.safetensors      head weights (classifier, read with numpy) and training weights
+    <sha256>.safetensors      head weights (classifier, read with numpy) and training weights (one
+                              file per component: trunk, each branch, classifiers; one whole file
+                              in packages written before)
     engines/<key>/            TensorRT engine cache: always safe to delete, rebuilt from the ONNX
 
 Reading verifies what it uses: the format version, the manifest's own sha256, and for every file
@@ -57,11 +59,18 @@ __all__ = [
 
 
 def store_file(root: Path, data: bytes, role: str, ext: str, task: int | None = None) -> FileEntry:
-    """Write ``data`` content-addressed into ``root`` (atomically); an existing identical file is kept."""
+    """Write ``data`` content-addressed into ``root`` (atomically).
+
+    An existing identical file is kept, not rewritten (its inode, mtime and TensorRT engines stay):
+    what an update does with the files of the components it did not change. A damaged one (other
+    size or sha256) is replaced.
+    """
     digest = hashlib.sha256(data).hexdigest()
-    name = check_name(f"{digest}{ext}")
-    if not ((root / name).is_file() and sha256_file(root / name) == digest):
-        atomic_write_bytes(root / name, data)
+    path = root / check_name(f"{digest}{ext}")
+    if not (path.is_file() and not path.is_symlink() and path.stat().st_size == len(data)
+            and sha256_file(path) == digest):
+        atomic_write_bytes(path, data)
+    name = path.name
     return FileEntry(name=name, role=role, sha256=digest, size=len(data), task=task)
 
 

@@ -1,0 +1,240 @@
+"""Wall time of ``memo-edge update`` at T = 2, 5, 10 tasks, split into training and the rest.
+
+For each T: a randomly initialised ``MemoNet("resnet32")`` expanded T times by 10 classes (each new
+branch perturbed, as trained branches differ: the ONNX exporter's search for equal initializers
+is slow on identical copies), written
+as a package with ``package_model`` (like ``benchmarks/runtime_speed.py``'s ``build``), its budget
+room for one more task plus the same exemplar memory at every T (``--exemplars`` images: per class
+it shrinks as T grows, the total stays). Then ``update_package`` learns the same 10 new classes
+(random uint8 32x32x3 images, the same seed at every T) with the same recipe, and the wall time is
+split with its ``on_event`` hook:
+
+- before: from the call to the ``checked`` event (lock, package checks, reading the new data);
+- training: ``checked`` to ``exporting`` (model and exemplars loaded, ``learn_task``: training,
+  weight alignment, herding, class means);
+- after: ``exporting`` to the return (export of the new files, verification, commit, garbage
+  collection), itself split by timers around the functions ``update.py`` calls.
+
+The non-training part is before + after. The packages are rebuilt for every repeat (an update
+changes the package) and the runs are interleaved (T = 2, 5, 10, 2, 5, 10, ...); the median of the
+repeats is reported. Random weights trained on random images make the int8 check fail (rightly), so
+the update runs with ``int8=False``; what re-making ``full-int8`` would add is timed separately:
+``quantize_full`` of the new version's full graph, calibrated on its exemplars as ``update`` does.
+
+    .venv/bin/python benchmarks/update_speed.py [--tasks 2,5,10] [--repeats 2] [--write docs/benchmarks.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import hashlib
+import json
+import os
+import platform
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import memo_edge.device.update as update_module
+from memo_edge.device.update import UpdateConfig, update_package
+from memo_edge.export.exporter import package_model
+from memo_edge.export.quantize import calibration_images, quantize_full
+from memo_edge.memory.exemplars import ExemplarSet
+from memo_edge.model import MemoNet
+from memo_edge.runtime.package import INT8_ROLE, InputSpec, open_package
+
+from _report import cpu_name, load_average, write_section  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+
+CIFAR = InputSpec(32, 32, 3, (0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761))
+TARGET = 1.3  # non-training part at T = 10 over T = 2 (the update issue)
+PHASES = ("model_blobs", "verify_package", "append_version", "collect_garbage")
+
+
+def build(tasks: int, out: Path, exemplar_count: int) -> None:
+    """A CIFAR-sized ResNet-32 package of ``tasks`` tasks of 10 classes, budget room for one more."""
+    torch.manual_seed(0)
+    model = MemoNet("resnet32")
+    for _ in range(tasks):
+        model.expand(10)
+        with torch.no_grad():  # expand copies the last branch; trained branches differ from each other
+            for p in model.branches[-1].parameters():
+                p.add_(0.01 * torch.randn_like(p))
+    model.eval()
+    rng = np.random.default_rng(0)
+    per_class = max(1, exemplar_count // model.num_classes)
+    labels = np.repeat(np.arange(model.num_classes, dtype=np.int64), per_class)
+    ranks = np.tile(np.arange(per_class, dtype=np.int64), model.num_classes)
+    exemplars = ExemplarSet(rng.integers(0, 256, (len(labels), *CIFAR.shape), dtype=np.uint8), labels, ranks)
+    branch = 4 * sum(p.numel() for p in model.branches[-1].parameters())
+    package_model(
+        out, model, exemplars, spec=CIFAR, class_names=[f"c{i}" for i in range(model.num_classes)], augment="cifar",
+        total_budget_bytes=model.model_bytes() + branch + exemplar_count * 3072,
+        verify_images=rng.integers(0, 256, (16, *CIFAR.shape), dtype=np.uint8), int8=False,
+    )
+
+
+def new_classes(root: Path, per_class: int) -> str:
+    """10 new classes of random images, the same at every T."""
+    rng = np.random.default_rng(7)
+    x = rng.integers(0, 256, (10 * per_class, *CIFAR.shape), dtype=np.uint8)
+    y = np.repeat(np.arange(10, dtype=np.int64), per_class)
+    root.mkdir(parents=True)
+    files = []
+    for split, (images, labels) in (("train", (x, y)), ("test", (x[:: per_class], y[:: per_class]))):
+        np.savez(root / f"{split}-00.npz", x=images, y=labels)
+        files.append({"file": f"{split}-00.npz", "sha256": hashlib.sha256((root / f"{split}-00.npz").read_bytes()).hexdigest()})
+    (root / "meta.json").write_text(json.dumps({"class_names": [f"new{i}" for i in range(10)], "files": files}))
+    return f"npz:{root}"
+
+
+class Timers:
+    """Wall time inside the functions ``update.py`` calls after training, by name (module attributes wrapped)."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._saved: dict[str, Callable] = {}
+
+    def __enter__(self) -> Timers:
+        for name in PHASES:
+            fn = self._saved[name] = getattr(update_module, name)
+            setattr(update_module, name, self._wrap(name, fn))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for name, fn in self._saved.items():
+            setattr(update_module, name, fn)
+
+    def _wrap(self, name: str, fn: Callable) -> Callable:
+        def timed(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
+        return timed
+
+
+def measure(tasks: int, built: Path, work: Path, data: str, args: argparse.Namespace) -> dict[str, float]:
+    pkg = work / f"pkg-T{tasks}"
+    shutil.rmtree(pkg, ignore_errors=True)
+    shutil.copytree(built, pkg)
+    marks: dict[str, tuple[float, float]] = {}  # event -> (wall, this process's CPU time)
+    config = UpdateConfig(pkg, data, epochs=args.epochs, batch_size=128, device="cpu", int8=False)
+    with Timers() as timers:
+        start, cpu_start = time.perf_counter(), time.process_time()
+        update_package(config, on_event=lambda e: marks.setdefault(e["event"], (time.perf_counter(), time.process_time())))
+        end, cpu_end = time.perf_counter(), time.process_time()
+    verify = timers.seconds.get("verify_package", 0.0)
+    (checked, cpu_checked), (exporting, cpu_exporting) = marks["checked"], marks["exporting"]
+    row = {"tasks": tasks, "before": checked - start, "training": exporting - checked,
+           "after": end - exporting, "total": end - start,
+           "rest_cpu": (cpu_checked - cpu_start) + (cpu_end - cpu_exporting),
+           "export": timers.seconds.get("model_blobs", 0.0), "verify": verify,
+           "commit": timers.seconds.get("append_version", 0.0) - verify, "gc": timers.seconds.get("collect_garbage", 0.0)}
+    row["rest"] = row["before"] + row["after"]
+    version = open_package(pkg)
+    m = version.manifest
+    row["new_bytes"] = sum(f.size for f in m.files if f.name not in {g.name for g in open_package(pkg, version=m.parent).manifest.files})
+    row["verified_graphs"] = len(m.verification["graphs"])
+    if args.int8_cost:
+        exemplars, _ = version.exemplars()
+        full = version.path(m.file("full")).read_bytes()
+        start = time.perf_counter()
+        quantize_full(full, calibration_images(exemplars.images, exemplars.labels))
+        row["int8"] = time.perf_counter() - start
+    shutil.rmtree(pkg)
+    return row
+
+
+def median_rows(rows: list[dict[str, float]]) -> list[dict[str, float]]:
+    out = []
+    for t in sorted({int(r["tasks"]) for r in rows}):
+        mine = [r for r in rows if r["tasks"] == t]
+        out.append({k: statistics.median(r[k] for r in mine) for k in mine[0]} | {"runs": len(mine)})
+    return out
+
+
+def to_markdown(rows: list[dict[str, float]], args: argparse.Namespace, loads: list[str]) -> str:
+    first, last = rows[0], rows[-1]
+    ratio, cpu_ratio = last["rest"] / first["rest"], last["rest_cpu"] / first["rest_cpu"]
+    command = (f".venv/bin/python benchmarks/update_speed.py --tasks {args.tasks} --repeats {args.repeats} "
+               f"--epochs {args.epochs} --exemplars {args.exemplars} --new-per-class {args.new_per_class}"
+               + ("" if args.int8_cost else " --no-int8-cost") + f" --write {args.write}")
+    lines = [
+        "## Device update: training vs the rest (export, verification, commit), MEMO ResNet-32, CIFAR-sized",
+        "",
+        f"- when: {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC",
+        f"- where: {cpu_name()}, {os.cpu_count()} logical CPUs, Python {platform.python_version()}, torch "
+        f"{torch.__version__} ({torch.get_num_threads()} threads); 1-minute load average at each run: {', '.join(loads)} "
+        "(other work on the machine slows every figure; the ratio within one run is what counts)",
+        f"- what: `update_package` on a random-weight package of T tasks of 10 classes (branches made to differ), {args.exemplars} exemplars "
+        f"at every T, learning the same 10 new classes ({args.new_per_class} random images each), {args.epochs} "
+        f"epoch(s), batch 128, CPU, `int8=False` (random weights fail the int8 agreement check, rightly); "
+        f"median of {args.repeats} interleaved runs per T, the package rebuilt for each",
+        f"- command: `{command}`",
+        "",
+        "| tasks | total (s) | training (s) | rest (s) | rest, CPU time (s) | before training | export | verify | commit "
+        "| gc | new bytes written | graphs verified | int8 re-made (s) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['tasks']:.0f} | {r['total']:.2f} | {r['training']:.2f} | **{r['rest']:.2f}** | {r['rest_cpu']:.2f} | "
+            f"{r['before']:.2f} | "
+            f"{r['export']:.2f} | {r['verify']:.2f} | {r['commit']:.2f} | {r['gc']:.2f} | {r['new_bytes']:,.0f} | "
+            f"{r['verified_graphs']:.0f} | {r.get('int8', float('nan')):.2f} |")
+    met = "met" if ratio <= TARGET else "NOT met"
+    lines += [
+        "",
+        f"Non-training part at T = {last['tasks']:.0f} over T = {first['tasks']:.0f}: **{ratio:.2f}x** wall time "
+        f"(target <= {TARGET}: {met}), {cpu_ratio:.2f}x in this process's CPU time (less disturbed by other work "
+        "on the machine). Columns: before training = lock, package check, reading the new data; "
+        "export = `model_blobs` (new branch graph, full graph, head, per-component weights); verify = ONNX Runtime "
+        "against PyTorch for the new graphs and the new version end to end; commit = writing the files, opening "
+        "and checking the new version, the catalog transaction; gc = garbage collection; int8 re-made = "
+        "`quantize_full` of the new full graph with its calibration (not part of the update here).",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tasks", default="2,5,10")
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--exemplars", type=int, default=1000, help="exemplar memory (images) at every T")
+    parser.add_argument("--new-per-class", type=int, default=50)
+    parser.add_argument("--no-int8-cost", dest="int8_cost", action="store_false",
+                        help="skip timing quantize_full of the new full graph")
+    parser.add_argument("--write", type=Path, help="Markdown file whose section to replace, e.g. docs/benchmarks.md")
+    args = parser.parse_args()
+    tasks = [int(t) for t in args.tasks.split(",")]
+    rows, loads = [], []
+    with tempfile.TemporaryDirectory(prefix="memo-update-speed-") as tmp:
+        work = Path(tmp)
+        data = new_classes(work / "new", args.new_per_class)
+        built = {t: work / f"built-T{t}" for t in tasks}
+        for t in tasks:
+            build(t, built[t], args.exemplars)
+        for repeat in range(args.repeats):
+            for t in tasks:
+                loads.append(load_average())
+                row = measure(t, built[t], work, data, args)
+                print(f"T={t} run {repeat + 1}: " + ", ".join(f"{k} {v:.2f}" for k, v in row.items()), file=sys.stderr)
+                rows.append(row)
+    section = to_markdown(median_rows(rows), args, loads)
+    print(section)
+    if args.write:
+        write_section(args.write, "update_speed", section)
+
+
+if __name__ == "__main__":
+    main()
