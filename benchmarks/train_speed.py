@@ -1,8 +1,12 @@
 """Training throughput of MEMO ResNet-32 at T = 1, 5, 10 tasks (images per second).
 
 Times the real training step (`memo_edge.train.task.train_step`) on batches of random CIFAR-sized
-uint8 images, augmented as in training, with the parts frozen as in a B0 run (old branches frozen,
-trunk trained). Warm-up steps first, then repeated timed steps; reports median and p95 per step.
+uint8 images, augmented as in training, with old branches frozen and the trunk trained (a B0 run) or
+frozen too (`--trunk frozen`: a B50 run, `--freeze-base`). Warm-up steps first, then repeated timed
+steps; reports median and p95 per step. Dimensions (comma-separated lists, every combination):
+`--precision fp32,bf16` (autocast, as `train --precision`), `--path plain,stacked` (the frozen old
+branches as one grouped network, `MemoNet.stack_frozen_branches`; T > 1 only), `--memory-format
+nchw,nhwc` (channels_last), `--trunk trained,frozen` (T > 1 only).
 
 Distributed mode (`--nproc 1,2`): the same step at one global batch, in 1 process (the plain trainer)
 and in N processes started by torch's elastic launcher as `memo-edge train --nproc N` starts them
@@ -10,6 +14,8 @@ and in N processes started by torch's elastic launcher as `memo-edge train --npr
 cores / N threads each on the CPU, NCCL and one GPU each on GPUs). Step times are rank 0's.
 
     .venv/bin/python benchmarks/train_speed.py [--device cpu] [--steps 20] [--write docs/benchmarks.md]
+    .venv/bin/python benchmarks/train_speed.py --tasks 1,10 --trunk trained,frozen --precision fp32,bf16 \
+        --path plain,stacked --memory-format nchw,nhwc --write docs/benchmarks.md
     .venv/bin/python benchmarks/train_speed.py --nproc 1,2 --tasks 1 [--device cpu] [--write docs/benchmarks.md]
 """
 
@@ -22,12 +28,14 @@ import platform
 import statistics
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
 from memo_edge.model import MemoNet
 from memo_edge.train.augment import CifarAugment
+from memo_edge.train.precision import make_scaler, to_memory_format
 from memo_edge.train.distributed import current_world, distributed_session, shard_bounds, wrap_for_training
 from memo_edge.train.recipe import build_optimizer, paper_recipe
 from memo_edge.train.task import train_step
@@ -37,8 +45,10 @@ from _report import cpu_name, load_average, write_section  # noqa: E402  (benchm
 CIFAR_MEAN, CIFAR_STD = (0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761)
 
 
-def measure(tasks: int, *, batch: int, steps: int, warmup: int, device: torch.device) -> dict[str, float]:
-    """Median/p95 step time at ``batch`` images; in a process group, this rank's share of that global batch."""
+def setup(tasks: int, *, batch: int, device: torch.device, precision: str = "fp32", path: str = "plain",
+          trunk: str = "trained", memory_format: str = "nchw") -> tuple[Callable[[], None], dict]:
+    """A model in one configuration and its timed step (augment + train_step); in a process group, this
+    rank's share of the global batch."""
     torch.manual_seed(0)
     world = current_world()
     model = MemoNet("resnet32")
@@ -47,6 +57,12 @@ def measure(tasks: int, *, batch: int, steps: int, warmup: int, device: torch.de
     device = world.device_for(device)
     model.to(device)
     model.freeze_old_branches()
+    if trunk == "frozen" and tasks > 1:
+        model.freeze_trunk()
+    if path == "stacked" and not model.stack_frozen_branches():
+        raise SystemExit(f"cannot stack the frozen branches at T = {tasks}")
+    nhwc = memory_format == "nhwc"
+    to_memory_format(model, nhwc)
     net = wrap_for_training(model, device)
     net.train()
     optimizer = build_optimizer([p for p in model.parameters() if p.requires_grad], paper_recipe(min(tasks - 1, 1)))
@@ -54,18 +70,53 @@ def measure(tasks: int, *, batch: int, steps: int, warmup: int, device: torch.de
     lo, hi = shard_bounds(batch, world.rank, world.size)
     images = torch.randint(0, 256, (hi - lo, 32, 32, 3), dtype=torch.uint8, device=device)
     labels = torch.randint(0, model.num_classes, (hi - lo,), device=device)
+    scaler = make_scaler(precision, device)
+
+    def step() -> None:
+        x = augment.apply(images, augment.sample_params(hi - lo, 32, 32, gen))
+        if nhwc:
+            x = x.contiguous(memory_format=torch.channels_last)
+        train_step(net, optimizer, x, labels, model.known_classes, loss_scale=(hi - lo) * world.size / batch,
+                   precision=precision, scaler=scaler)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    row = {"tasks": tasks, "precision": precision, "path": path if tasks > 1 else "-",
+           "trunk": trunk if tasks > 1 else "trained", "memory_format": memory_format}
+    return step, row
+
+
+def summarise(row: dict, times: list[float], batch: int) -> dict:
+    median = statistics.median(times)
+    p95 = sorted(times)[min(len(times) - 1, round(0.95 * (len(times) - 1)))]
+    return {**row, "median_s": median, "p95_s": p95, "best_s": min(times), "images_per_s": batch / median,
+            "best_images_per_s": batch / min(times)}
+
+
+def measure(tasks: int, *, batch: int, steps: int, warmup: int, device: torch.device, **combo: str) -> dict:
+    """Median/p95 step time of one configuration, its steps in a row (the distributed mode's rows)."""
+    step, row = setup(tasks, batch=batch, device=device, **combo)
     times = []
     for i in range(warmup + steps):
         start = time.perf_counter()
-        x = augment.apply(images, augment.sample_params(hi - lo, 32, 32, gen))
-        train_step(net, optimizer, x, labels, model.known_classes, loss_scale=(hi - lo) * world.size / batch)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
+        step()
         if i >= warmup:
             times.append(time.perf_counter() - start)
-    median = statistics.median(times)
-    p95 = sorted(times)[min(len(times) - 1, round(0.95 * (len(times) - 1)))]
-    return {"tasks": tasks, "median_s": median, "p95_s": p95, "images_per_s": batch / median}
+    return summarise(row, times, batch)
+
+
+def measure_interleaved(combos: list[dict], args: argparse.Namespace, device: torch.device) -> list[dict]:
+    """Every configuration's steps in turn (round robin), so a load that comes and goes on a shared
+    machine hits all rows alike; median and best step per row."""
+    steps = [setup(batch=args.batch, device=device, **combo) for combo in combos]
+    times: list[list[float]] = [[] for _ in combos]
+    for i in range(args.warmup + args.steps):
+        for k, (step, _) in enumerate(steps):
+            start = time.perf_counter()
+            step()
+            if i >= args.warmup:
+                times[k].append(time.perf_counter() - start)
+    return [summarise(row, t, args.batch) for (_, row), t in zip(steps, times)]
 
 
 def _ddp_worker(tasks: int, batch: int, steps: int, warmup: int, device: str, threads: int | None) -> dict[str, float]:
@@ -96,24 +147,60 @@ def machine(device: torch.device) -> str:
     return f"{cpu_name()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
 
 
-def to_markdown(rows: list[dict[str, float]], args: argparse.Namespace, device: torch.device) -> str:
+def to_markdown(rows: list[dict], args: argparse.Namespace, device: torch.device) -> str:
     lines = [
         "## Training speed: MEMO ResNet-32, CIFAR-sized images",
         "",
         f"- when: {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC",
-        f"- where: {device.type} ({machine(device)}), Python {platform.python_version()}, torch {torch.__version__}",
-        f"- what: one training step (augment + forward + backward + SGD) at batch {args.batch}, "
-        f"old branches frozen, trunk trained; {args.warmup} warm-up steps, {args.steps} timed",
-        f"- command: `.venv/bin/python benchmarks/train_speed.py --device {device.type} --steps {args.steps} --write {args.write}`",
+        f"- where: {device.type} ({machine(device)}), Python {platform.python_version()}, torch {torch.__version__}; "
+        f"1-min load average {args.load_before} before the run, {load_average()} after it (counting the run itself)",
+        f"- what: one training step (augment + forward + backward + SGD) at batch {args.batch}, old branches frozen, "
+        f"the trunk trained or frozen; {args.warmup} warm-up steps, {args.steps} timed, the rows of one T interleaved "
+        "step by step (a load that comes and goes hits them alike). precision: autocast "
+        "(weights fp32); path: plain = one module per frozen branch (under no_grad when nothing flows back), "
+        "stacked = the frozen branches as one grouped network with BatchNorm folded; memory format: nchw or "
+        "channels_last (nhwc)",
+        f"- command: `.venv/bin/python benchmarks/train_speed.py --device {device.type} --tasks {args.tasks} "
+        f"--trunk {args.trunk} --precision {args.precision} --path {args.path} --memory-format {args.memory_format} "
+        f"--steps {args.steps} --warmup {args.warmup}{f' --write {args.write}' if args.write else ''}`",
         "",
-        "| tasks (branches) | median step (s) | p95 step (s) | images/s | vs T=1 |",
-        "|---|---|---|---|---|",
+        "| tasks (branches) | trunk | precision | frozen path | memory format | median step (s) | p95 step (s) "
+        "| images/s (median) | images/s (best step) | vs first row of its T (median) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    base = rows[0]["images_per_s"]
+    targets = []
+    for tasks, trunk, target in ((1, "trained", 690), (10, "frozen", 370)):  # issue 13, this 2-core CPU, batch 128
+        best = max((r for r in rows if r["tasks"] == tasks and r["trunk"] == trunk), default=None,
+                   key=lambda r: r["images_per_s"])
+        if best is not None:
+            targets.append(f"T = {tasks} ({trunk} trunk) >= {target} img/s: {'met' if best['images_per_s'] >= target else 'NOT met'}"
+                           f" ({best['images_per_s']:.0f} median, {best['best_images_per_s']:.0f} best step, "
+                           f"{best['precision']} {best['path']} {best['memory_format']})")
+    if targets:
+        lines.insert(lines.index("") + 5, f"- targets: {'; '.join(targets)}")
+    base: dict[tuple, float] = {}
     for r in rows:
-        lines.append(f"| {r['tasks']} | {r['median_s']:.3f} | {r['p95_s']:.3f} | {r['images_per_s']:.0f} | "
-                     f"{r['images_per_s'] / base:.2f}x |")
+        key = (r["tasks"], r["trunk"])
+        base.setdefault(key, r["images_per_s"])
+        lines.append(f"| {r['tasks']} | {r['trunk']} | {r['precision']} | {r['path']} | {r['memory_format']} | "
+                     f"{r['median_s']:.3f} | {r['p95_s']:.3f} | {r['images_per_s']:.0f} | "
+                     f"{r['best_images_per_s']:.0f} | {r['images_per_s'] / base[key]:.2f}x |")
     return "\n".join(lines) + "\n"
+
+
+def matrix(args: argparse.Namespace) -> list[dict]:
+    """Every combination of the dimensions that means something (no trunk/path choice at T = 1)."""
+    combos = []
+    for tasks in (int(t) for t in args.tasks.split(",")):
+        for trunk in args.trunk.split(",") if tasks > 1 else ["trained"]:
+            for precision in args.precision.split(","):
+                for path in args.path.split(",") if tasks > 1 else ["plain"]:
+                    for memory_format in args.memory_format.split(","):
+                        combo = dict(tasks=tasks, trunk=trunk, precision=precision, path=path,
+                                     memory_format=memory_format)
+                        if combo not in combos:
+                            combos.append(combo)
+    return combos
 
 
 def ddp_markdown(rows: list[dict[str, float]], args: argparse.Namespace, device: torch.device) -> str:
@@ -148,6 +235,10 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--tasks", default="1,5,10")
+    parser.add_argument("--trunk", default="trained", help="trained, frozen or both (T > 1)")
+    parser.add_argument("--precision", default="fp32", help="fp32, bf16, fp16 (GPU), comma-separated")
+    parser.add_argument("--path", default="plain", help="plain, stacked or both (T > 1)")
+    parser.add_argument("--memory-format", default="nchw", help="nchw, nhwc or both")
     parser.add_argument("--nproc", help="Distributed mode: process counts to compare, e.g. 1,2 (one --tasks value)")
     parser.add_argument("--write", type=Path, help="Markdown file whose section to replace, e.g. docs/benchmarks.md")
     args = parser.parse_args()
@@ -160,8 +251,14 @@ def main() -> None:
         if args.write:
             write_section(args.write, f"train_speed_ddp_{device.type}", section)
         return
-    rows = [measure(int(t), batch=args.batch, steps=args.steps, warmup=args.warmup, device=device)
-            for t in args.tasks.split(",")]
+    args.load_before = load_average()
+    rows = []
+    for tasks in dict.fromkeys(c["tasks"] for c in matrix(args)):  # interleaved within one T (memory stays small)
+        rows += measure_interleaved([c for c in matrix(args) if c["tasks"] == tasks], args, device)
+        for r in rows:
+            if r["tasks"] == tasks:
+                print(f"T={r['tasks']} trunk {r['trunk']} {r['precision']} {r['path']} {r['memory_format']}: "
+                      f"{r['images_per_s']:.0f} img/s median, {r['best_images_per_s']:.0f} best", flush=True)
     section = to_markdown(rows, args, device)
     print(section)
     if args.write:

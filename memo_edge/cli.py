@@ -85,6 +85,10 @@ _RUN_OPTIONS = [
     click.option("--train-base/--freeze-base", default=None,
                  help="Train or freeze the trunk after task 0  [default: train for B0 with small tasks, freeze for B50]"),
     click.option("--device", help="cpu, cuda or cuda:N  [default: cuda when available]"),
+    click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16", "auto"]), default="fp32", show_default=True,
+                 help="Autocast precision of training and inference (fp16: GPUs; auto: fastest native one)."),
+    click.option("--stack-frozen", is_flag=True, help="Train with the frozen old branches as one grouped network "
+                 "(equal up to rounding; measured no faster on CPUs, docs/benchmarks.md)."),
 ]
 
 

@@ -15,6 +15,7 @@ Baselines of the paper's comparison are the same network with other settings: DE
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from typing import NamedTuple
 
@@ -23,6 +24,7 @@ from torch import Tensor, nn
 
 from memo_edge.memory.alignment import model_bytes
 from memo_edge.model.backbones import Backbone, StageInfo, create_backbone
+from memo_edge.model.frozen import StackedBranches, can_stack
 
 __all__ = ["MemoNet", "MemoOutput", "new_linear"]
 
@@ -33,6 +35,11 @@ def new_linear(in_features: int, out_features: int) -> nn.Linear:
     nn.init.kaiming_uniform_(layer.weight, nonlinearity="linear")
     nn.init.zeros_(layer.bias)
     return layer
+
+
+def _frozen(module: nn.Module) -> bool:
+    """No parameter of ``module`` takes a gradient (an empty trunk counts as frozen)."""
+    return not any(p.requires_grad for p in module.parameters())
 
 
 class MemoOutput(NamedTuple):
@@ -57,6 +64,7 @@ class MemoNet(nn.Module):
         self.aux_fc: nn.Linear | None = None
         self.task_sizes: list[int] = []
         self.trunk_frozen = False
+        self._stack: StackedBranches | None = None  # the frozen old branches as one network, while a task trains
 
     # -- shape of the model -------------------------------------------------------------------
     @property
@@ -92,6 +100,7 @@ class MemoNet(nn.Module):
                 branch.load_state_dict(self.branches[-1].state_dict())
             self.branches.append(branch.to(self._device()))
         self.task_sizes.append(num_new)
+        self._stack = None
 
         old_fc = self.fc
         fc = new_linear(self.feature_dim * self.num_branches, self.num_classes).to(self._device())
@@ -113,6 +122,17 @@ class MemoNet(nn.Module):
         self.trunk.requires_grad_(False)
         self.trunk.eval()
         self.trunk_frozen = True
+
+    def stack_frozen_branches(self) -> bool:
+        """Run the frozen old branches as one grouped network (``model/frozen.py``) until
+        ``unstack_frozen_branches``; returns whether they could be stacked (CIFAR ResNets only)."""
+        old = list(self.branches[:-1])
+        frozen = all(not p.requires_grad for b in old for p in b.parameters()) and not any(b.training for b in old)
+        self._stack = StackedBranches(old) if old and frozen and can_stack(old) else None
+        return self._stack is not None
+
+    def unstack_frozen_branches(self) -> None:
+        self._stack = None
 
     def train(self, mode: bool = True) -> MemoNet:
         """Like nn.Module.train, but frozen parts keep BN statistics frozen (eval) in every epoch."""
@@ -137,9 +157,24 @@ class MemoNet(nn.Module):
 
     # -- forward ------------------------------------------------------------------------------
     def forward_features(self, x: Tensor) -> Tensor:
-        """Concatenated branch features [B, feature_dim * num_branches] (what herding and NME use)."""
-        shared = self.trunk(x)
-        return torch.cat([branch(shared) for branch in self.branches], dim=1)
+        """Concatenated branch features [B, feature_dim * num_branches] (what herding and NME use).
+
+        Frozen-branch fast path: a frozen trunk, and frozen branches whose input needs no gradient, run
+        under ``torch.no_grad()`` (no graph is recorded for them); frozen branches on a trained trunk
+        pass gradients to it but compute none for their own weights (``requires_grad`` is off). With
+        ``stack_frozen_branches`` the old branches run as one grouped network.
+        """
+        with torch.no_grad() if _frozen(self.trunk) and not x.requires_grad else contextlib.nullcontext():
+            shared = self.trunk(x)
+        feats, rest = [], list(self.branches)
+        if self._stack is not None:
+            with torch.no_grad() if not shared.requires_grad else contextlib.nullcontext():
+                feats.append(self._stack(shared))
+            rest = rest[self._stack.k :]
+        for branch in rest:
+            with torch.no_grad() if _frozen(branch) and not shared.requires_grad else contextlib.nullcontext():
+                feats.append(branch(shared))
+        return torch.cat(feats, dim=1)
 
     def forward_head(self, features: Tensor) -> MemoOutput:
         if self.fc is None:

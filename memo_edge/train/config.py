@@ -31,6 +31,8 @@ class TrainConfig:
     memory: str = "2000"  # total exemplars, or "aligned"
     memory_per_class: int | None = None
     device: str | None = None  # None: cuda when available, else cpu
+    precision: str = "fp32"  # fp32, bf16, fp16 (CUDA) or auto (memo_edge.train.precision); results.json has the resolved one
+    stack_frozen: bool = False  # train with the frozen old branches as one grouped network (model/frozen.py)
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)

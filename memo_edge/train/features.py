@@ -13,6 +13,7 @@ from memo_edge.memory.herding import l2_normalize
 from memo_edge.model import MemoNet
 from memo_edge.train.distributed import current_world, gather_rows, shard_bounds
 from memo_edge.train.metrics import TaskMetrics, nme_scores, task_metrics
+from memo_edge.train.precision import autocast
 
 __all__ = ["iter_batches", "extract", "class_means", "evaluate"]
 
@@ -28,9 +29,13 @@ def iter_batches(source: ImageSource, indices: np.ndarray, batch_size: int) -> I
 
 @torch.inference_mode()
 def extract(
-    model: MemoNet, source: ImageSource, transform: Transform, device: torch.device, *, batch_size: int = 256
+    model: MemoNet, source: ImageSource, transform: Transform, device: torch.device, *, batch_size: int = 256,
+    precision: str = "fp32",
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Concatenated branch features [N, d*T] and logits [N, classes], in the source's order.
+    """Concatenated branch features [N, d*T] and logits [N, classes] as float32, in the source's order.
+
+    ``precision`` (resolved): the forward pass under autocast, as in training; the arrays are float32
+    whatever it is, so herding and NME compute in float32.
 
     In a distributed run each process computes its contiguous share and every process gets all rows.
     """
@@ -40,7 +45,8 @@ def extract(
     lo, hi = shard_bounds(len(source), world.rank, world.size)
     feats, logits = [], []
     for images, _ in iter_batches(source, np.arange(lo, hi), batch_size):
-        out = model(transform(torch.from_numpy(images).to(device)))
+        with autocast(precision, device):
+            out = model(transform(torch.from_numpy(images).to(device)))
         feats.append(out.features.float().cpu().numpy())
         logits.append(out.logits.float().cpu().numpy())
     model.train(was_training)
@@ -75,7 +81,8 @@ def evaluate(
     boundaries: list[int],
     transform: Transform,
     device: torch.device,
+    precision: str = "fp32",
 ) -> TaskMetrics:
-    """CNN and NME accuracies on the test images of every class seen so far."""
-    features, logits = extract(model, test, transform, device)
+    """CNN and NME accuracies on the test images of every class seen so far (inference in ``precision``)."""
+    features, logits = extract(model, test, transform, device, precision=precision)
     return task_metrics(task, logits, nme_scores(features, means), test.labels, boundaries, model.known_classes)

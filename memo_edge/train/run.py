@@ -38,6 +38,7 @@ from memo_edge.train.checkpoint import (
 from memo_edge.train.config import TrainConfig, default_scenario
 from memo_edge.train.distributed import current_world
 from memo_edge.train.features import evaluate
+from memo_edge.train.precision import resolve_precision
 from memo_edge.train.recipe import default_train_base, paper_recipe
 from memo_edge.train.results import TaskRecord, producer_versions, write_results
 from memo_edge.train.task import Transforms, learn_task
@@ -62,6 +63,7 @@ class RunSetup:
     memory: MemoryPolicy
     train_base: bool
     device: torch.device
+    precision: str = "fp32"  # resolved: fp32, bf16 or fp16
 
 
 def resolve_memory(config: TrainConfig, scenario: Scenario, bytes_per_exemplar: int) -> MemoryPolicy:
@@ -103,6 +105,7 @@ def prepare(config: TrainConfig) -> RunSetup:
         raise InputError(f"--batch-size {config.batch_size} is the global batch, shared by {world.size} processes: "
                          "it must be at least the number of processes")
     device = world.device_for(select_device(config.device))
+    precision = resolve_precision(config.precision, device)
     dataset, order = load_run_data(config)
     spec = config.scenario or default_scenario(config.dataset)
     scenario = build_scenario(spec, dataset.num_classes, class_order=order)
@@ -110,7 +113,7 @@ def prepare(config: TrainConfig) -> RunSetup:
     train_base = config.train_base
     if train_base is None:
         train_base = default_train_base(scenario.task_sizes[0], scenario.num_classes)
-    return RunSetup(replace(config, scenario=spec), dataset, scenario, memory, train_base, device)
+    return RunSetup(replace(config, scenario=spec), dataset, scenario, memory, train_base, device, precision)
 
 
 def _check_run_dir(out: Path, config: TrainConfig) -> None:
@@ -168,6 +171,7 @@ def _header(setup: RunSetup) -> dict[str, Any]:
         "normalization": {"mean": list(setup.dataset.mean), "std": list(setup.dataset.std)},
         "train_base": setup.train_base,
         "device": str(setup.device),
+        "precision": setup.precision,  # as it ran: config.precision "auto" resolved on this hardware
         "distributed": current_world().to_json(),
         "versions": producer_versions(),
     }
@@ -289,10 +293,12 @@ def _run_task(
         model, task_subset(train_set, scenario, task), exemplars,
         num_new=scenario.task_sizes[task], recipe=recipe, train_base=setup.train_base, memory=setup.memory,
         transforms=transforms, device=setup.device, generator=generator,
-        desc=f"task {task + 1}/{scenario.num_tasks}",
+        desc=f"task {task + 1}/{scenario.num_tasks}", precision=setup.precision,
+        stack_frozen=cfg.stack_frozen,
     )
     metrics = evaluate(model, task_subset(test_set, scenario, task, seen=True), result.class_means, task=task,
-                       boundaries=scenario.boundaries()[: task + 1], transform=transforms.test, device=setup.device)
+                       boundaries=scenario.boundaries()[: task + 1], transform=transforms.test, device=setup.device,
+                       precision=setup.precision)
     record = TaskRecord(
         task=task,
         classes=(scenario.known_before(task), scenario.known_before(task) + scenario.task_sizes[task]),

@@ -59,6 +59,9 @@ class CpuSyncBatchNorm(_BatchNorm):
         return self._forward_sync(input) if self.training else super().forward(input)
 
     def _forward_sync(self, x: Tensor) -> Tensor:
+        # Statistics in float32 whatever the autocast precision (a bf16 sum or count would round), the
+        # output in the input's dtype, as torch's BatchNorm under autocast; a no-op for float32 input.
+        dtype, x = x.dtype, x.float()
         channels = x.shape[1]
         dims = [0, *range(2, x.dim())]
         shape = [1, channels] + [1] * (x.dim() - 2)
@@ -75,7 +78,7 @@ class CpuSyncBatchNorm(_BatchNorm):
             y = y * self.weight.view(shape) + self.bias.view(shape)
         if self.track_running_stats and self.running_mean is not None and self.running_var is not None:
             self._update_running_stats(mean.detach(), var.detach() * count / (count - 1))
-        return y
+        return y.to(dtype)
 
     @torch.no_grad()
     def _update_running_stats(self, mean: Tensor, unbiased_var: Tensor) -> None:

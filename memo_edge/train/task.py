@@ -25,6 +25,7 @@ from memo_edge.memory.policy import MemoryPolicy
 from memo_edge.model import MemoNet
 from memo_edge.train.distributed import World, all_sum, current_world, end_training, shard_batch, wrap_for_training
 from memo_edge.train.features import class_means, extract
+from memo_edge.train.precision import autocast, make_scaler, to_memory_format, use_channels_last
 from memo_edge.train.recipe import Recipe, build_optimizer, build_scheduler
 
 __all__ = ["TaskResult", "Transforms", "learn_task", "train_step"]
@@ -63,11 +64,20 @@ def learn_task(
     generator: torch.Generator,
     desc: str = "task",
     on_epoch: Callable[[int, int, float], None] | None = None,
+    precision: str = "fp32",
+    channels_last: bool | None = None,
+    stack_frozen: bool = False,
 ) -> TaskResult:
     """Run one MEMO task on ``new_data`` (labels already in the incremental label space).
 
     ``on_epoch(epoch, epochs, mean_loss)`` is called after each training epoch (1-based), e.g. to report
     progress to another process.
+
+    ``precision`` (resolved: fp32, bf16 or fp16; ``memo_edge.train.precision``) is used for training
+    and for the feature extraction of herding and class means; weights stay float32. ``channels_last``
+    (None: where it measured faster) holds the model in NHWC while it trains, NCHW again afterwards.
+    ``stack_frozen``: the frozen old branches train as one grouped network (``MemoNet.stack_frozen_branches``:
+    faster, equal up to float rounding); herding and evaluation use the plain modules.
 
     In a process group (``memo_edge.train.distributed``) every process calls this with the same
     arguments: each trains on its share of every batch, and all end with the same model and exemplars.
@@ -79,39 +89,59 @@ def learn_task(
         if not train_base:
             model.freeze_trunk()
     data = concat_sources([new_data, ArraySource(exemplars.images, exemplars.labels)]) if len(exemplars) else new_data
-    loss, speed, steps = _train(model, data, recipe, transforms.train, device, generator, desc, on_epoch)
+    nhwc = use_channels_last(precision, device) if channels_last is None else channels_last
+    if stack_frozen and model.num_branches > 1 and not model.stack_frozen_branches():
+        log.debug("%s: these branches cannot be stacked; the plain path trains", desc)
+    if nhwc:
+        to_memory_format(model, True)
+    try:
+        loss, speed, steps = _train(model, data, recipe, transforms.train, device, generator, desc, on_epoch,
+                                    precision=precision, channels_last=nhwc)
+    finally:
+        model.unstack_frozen_branches()
+        if nhwc:  # checkpoints, export and the device want plain contiguous tensors
+            to_memory_format(model, False)
     gamma = model.weight_align()
 
     per_class = memory.per_class(
         model.num_classes, model_bytes=model.model_bytes(), bytes_per_exemplar=exemplar_bytes(new_data.image_shape)
     )
     kept = exemplars.reduce(per_class)
-    new_features, _ = extract(model, new_data, transforms.test, device)
+    new_features, _ = extract(model, new_data, transforms.test, device, precision=precision)
     images = new_data.take(np.arange(len(new_data)))
     updated = kept.extend(select_exemplars(images, new_data.labels, new_features, per_class))
     # Prototypes of every seen class come from the current model (old classes' features moved too).
-    feats, _ = extract(model, ArraySource(updated.images, updated.labels), transforms.test, device)
+    feats, _ = extract(model, ArraySource(updated.images, updated.labels), transforms.test, device, precision=precision)
     means = class_means(feats, updated.labels, model.num_classes)
     return TaskResult(updated, means, gamma, loss, speed, per_class, steps)
 
 
 def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: Tensor, y: Tensor, known: int,
-               *, loss_scale: float = 1.0) -> float:
+               *, loss_scale: float = 1.0, precision: str = "fp32",
+               scaler: torch.amp.GradScaler | None = None) -> float:
     """One SGD step on a preprocessed batch; returns the loss (the batch mean).
 
     ``model``: a MemoNet, or DDP over one. ``loss_scale`` weights this process's share of a global batch
     (its size x processes / global size): DDP averages gradients over processes, which then gives the
-    gradient of the global batch's mean loss even when the shares differ in size.
+    gradient of the global batch's mean loss even when the shares differ in size. ``precision``: the
+    forward pass and the loss under autocast (fp32: none); ``scaler``: fp16's gradient scaler.
     """
-    out = model(x)
-    loss = F.cross_entropy(out.logits, y)
-    if out.aux_logits is not None:
-        # Auxiliary target: 0 = "some old class", k + 1 = k-th new class (reference Sec. 4).
-        aux_y = torch.where(y >= known, y - known + 1, torch.zeros_like(y))
-        loss = loss + F.cross_entropy(out.aux_logits, aux_y)
+    with autocast(precision, x.device):
+        out = model(x)
+        loss = F.cross_entropy(out.logits, y)
+        if out.aux_logits is not None:
+            # Auxiliary target: 0 = "some old class", k + 1 = k-th new class (reference Sec. 4).
+            aux_y = torch.where(y >= known, y - known + 1, torch.zeros_like(y))
+            loss = loss + F.cross_entropy(out.aux_logits, aux_y)
     optimizer.zero_grad(set_to_none=True)
-    (loss * loss_scale if loss_scale != 1.0 else loss).backward()
-    optimizer.step()
+    scaled = loss * loss_scale if loss_scale != 1.0 else loss
+    if scaler is None:
+        scaled.backward()
+        optimizer.step()
+    else:
+        scaler.scale(scaled).backward()
+        scaler.step(optimizer)  # skipped (and the scale lowered) when a gradient overflowed
+        scaler.update()
     return loss.item()
 
 
@@ -133,6 +163,9 @@ def _train(
     generator: torch.Generator,
     desc: str,
     on_epoch: Callable[[int, int, float], None] | None = None,
+    *,
+    precision: str = "fp32",
+    channels_last: bool = False,
 ) -> tuple[float, float, tuple[float, ...]]:
     """Train for ``recipe.epochs``; returns (mean loss of the last epoch, images per second, step losses).
 
@@ -146,20 +179,26 @@ def _train(
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = build_optimizer(params, recipe)
     scheduler = build_scheduler(optimizer, recipe)
-    known = model.known_classes
+    step = _Step(known=model.known_classes, world=world, precision=precision, scaler=make_scaler(precision, device),
+                 memory_format=torch.channels_last if channels_last else torch.contiguous_format,
+                 resident=_resident(data, device, world))
     seen, elapsed, loss_mean, steps = 0, 0.0, float("nan"), []
     succeeded = False
     try:
         for epoch in range(recipe.epochs):
             net.train()
             start = time.perf_counter()
-            order = torch.randperm(len(data), generator=generator).numpy()
+            order_t = torch.randperm(len(data), generator=generator)
+            order = order_t.numpy()
             batches = _batches(order, recipe.batch_size, world.size)
+            if step.resident is not None:  # one host-to-device copy of the epoch's order, none per batch
+                step.resident.order = order_t.to(device, non_blocking=True)
             sums, total, count, local_count = [], 0.0, 0, 0
             bar = tqdm(batches, desc=f"{desc} epoch {epoch + 1}/{recipe.epochs}", leave=False, unit="batch",
                        disable=None if world.is_writer else True)
-            for idx in bar:
-                loss, local = _step(net, optimizer, data, idx, augment, generator, device, known, world)
+            for b, idx in enumerate(bar):
+                loss, local = _step(net, optimizer, data, idx, augment, generator, device, step,
+                                    offset=b * recipe.batch_size)
                 sums.append(loss * local)
                 steps.append(loss)
                 total += sums[-1]
@@ -185,13 +224,58 @@ def _train(
     return loss_mean, seen / elapsed if elapsed else 0.0, tuple(steps)
 
 
+RESIDENT_BYTES = 2 << 30  # training images up to this size stay on the GPU for the whole task
+
+
+@dataclass
+class _Resident:
+    """A task's training images (uint8) and labels held on the training device, and the epoch's order there."""
+
+    images: Tensor
+    labels: Tensor
+    order: Tensor | None = None
+
+
+def _resident(data: ImageSource, device: torch.device, world: World) -> _Resident | None:
+    """On a GPU (one process), the task's images uploaded once: batches are gathered there, no copy per batch."""
+    nbytes = len(data) * int(np.prod(data.image_shape))
+    if device.type != "cuda" or world.size != 1 or nbytes > RESIDENT_BYTES:
+        return None
+    images = torch.from_numpy(data.take(np.arange(len(data)))).to(device)
+    return _Resident(images, torch.from_numpy(np.asarray(data.labels)).to(device))
+
+
+@dataclass(frozen=True)
+class _Step:
+    """What every step of a task shares."""
+
+    known: int
+    world: World
+    precision: str
+    scaler: torch.amp.GradScaler | None
+    memory_format: torch.memory_format
+    resident: _Resident | None = None
+
+
 def _step(net: nn.Module, optimizer: torch.optim.Optimizer, data: ImageSource, idx: np.ndarray,
           augment: Callable[[Tensor, torch.Generator], Tensor], generator: torch.Generator, device: torch.device,
-          known: int, world: World) -> tuple[float, int]:
-    """One step on global batch ``idx``; returns (this process's mean loss, its number of images)."""
-    if world.size == 1:
+          step: _Step, *, offset: int = 0) -> tuple[float, int]:
+    """One step on global batch ``idx`` (``order[offset : offset + len(idx)]``); returns (this process's mean
+    loss, its number of images)."""
+    world = step.world
+    if step.resident is not None and step.resident.order is not None:
+        ids = step.resident.order[offset : offset + len(idx)]
+        x = augment(step.resident.images[ids], generator)
+        y = step.resident.labels[ids]
+        scale = 1.0
+    elif world.size == 1:
         x = augment(torch.from_numpy(data.take(idx)).to(device, non_blocking=True), generator)
         y = torch.from_numpy(data.labels[idx]).to(device)
-        return train_step(net, optimizer, x, y, known), len(idx)
-    x, y = shard_batch(data, idx, augment, generator, device, world)
-    return train_step(net, optimizer, x, y, known, loss_scale=len(y) * world.size / len(idx)), len(y)
+        scale = 1.0
+    else:
+        x, y = shard_batch(data, idx, augment, generator, device, world)
+        scale = len(y) * world.size / len(idx)
+    if step.memory_format is not torch.contiguous_format:
+        x = x.contiguous(memory_format=step.memory_format)
+    return train_step(net, optimizer, x, y, step.known, loss_scale=scale, precision=step.precision,
+                      scaler=step.scaler), len(y)

@@ -1,0 +1,85 @@
+"""Numeric precision of training and inference: ``fp32``, ``bf16``, ``fp16`` or ``auto``.
+
+Mixed precision by ``torch.autocast`` only: weights, optimizer state and checkpoints stay float32,
+matrix work (convolutions, linear layers) runs in the lower precision, losses and reductions in float32.
+
+- ``bf16``: CPUs whose oneDNN runs bf16 natively (AVX-512 BF16 / AMX) and GPUs (Ampere and later run
+  it natively; older ones emulate it, slowly).
+- ``fp16``: GPUs only, with a gradient scaler (``torch.amp.GradScaler``) so small gradients do not
+  underflow. Refused on the CPU with one line.
+- ``auto``: the fastest that the hardware runs natively: bf16 on a GPU that supports it (fp16 on older
+  GPUs), bf16 on a CPU with native bf16, fp32 otherwise. The resolved choice is what a run records.
+- ``fp32``: no autocast at all; the default, and bit for bit the trainer as it was.
+
+``channels_last`` (``use_channels_last``) only on CUDA with a 16-bit precision, the layout tensor cores
+want; on the project's CPU it measured no faster than NCHW in fp32 or bf16 (docs/benchmarks.md,
+train_speed), so the CPU keeps NCHW, and fp32 everywhere stays bit for bit what it was.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+from torch import nn
+
+from memo_edge.errors import InputError
+
+__all__ = ["PRECISIONS", "resolve_precision", "autocast", "make_scaler", "use_channels_last", "to_memory_format",
+           "cpu_bf16_native"]
+
+PRECISIONS = ("fp32", "bf16", "fp16", "auto")
+_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def cpu_bf16_native() -> bool:
+    """Whether this CPU runs bf16 matrix work natively (oneDNN's own check: AVX-512 BF16 or AMX)."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # a build without oneDNN
+        return False
+
+
+def resolve_precision(precision: str | None, device: torch.device) -> str:
+    """``precision`` as it will run on ``device`` (``auto`` resolved); a mistake is an InputError."""
+    name = (precision or "fp32").strip().lower()
+    if name not in PRECISIONS:
+        raise InputError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if name == "auto":
+        if device.type == "cuda":
+            return "bf16" if torch.cuda.is_bf16_supported(including_emulation=False) else "fp16"
+        return "bf16" if device.type == "cpu" and cpu_bf16_native() else "fp32"
+    if name == "fp16" and device.type != "cuda":
+        raise InputError(f"--precision fp16 needs a CUDA GPU (it trains with a gradient scaler there); on {device.type} "
+                         "use bf16 or fp32")
+    if name == "bf16" and device.type not in ("cpu", "cuda"):
+        raise InputError(f"--precision bf16 runs on cpu or cuda, not on {device.type}")
+    return name
+
+
+@contextlib.contextmanager
+def autocast(precision: str, device: torch.device) -> Iterator[None]:
+    """Autocast to ``precision`` (already resolved) on ``device``; nothing at all for fp32."""
+    if precision == "fp32":
+        yield
+        return
+    with torch.autocast(device.type, dtype=_DTYPES[precision]):
+        yield
+
+
+def make_scaler(precision: str, device: torch.device) -> torch.amp.GradScaler | None:
+    """A gradient scaler for fp16 (on CUDA); None for the other precisions, which need none."""
+    if precision != "fp16":
+        return None
+    return torch.amp.GradScaler(device.type)
+
+
+def use_channels_last(precision: str, device: torch.device) -> bool:
+    """NHWC on CUDA with a 16-bit precision (tensor cores); NCHW elsewhere (no faster on the CPU)."""
+    return device.type == "cuda" and precision in ("bf16", "fp16")
+
+
+def to_memory_format(module: nn.Module, channels_last: bool) -> nn.Module:
+    """The model in the chosen memory format (contiguous NCHW when not channels_last)."""
+    return module.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
