@@ -282,6 +282,8 @@ def predict(package: Path, inputs: tuple[Path, ...], top: int, batch_size: int, 
 @click.option("--seed", type=int, default=1993, show_default=True, help="Training seed.")
 @click.option("--int8/--no-int8", default=None,
               help="Re-make the int8 full graph, or drop it  [default: as the package has it].")
+@click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16", "auto"]), default="fp32", show_default=True,
+              help="Autocast precision of training (fp16: GPUs; auto: the fastest native one).")
 @click.option("--json", "json_lines", is_flag=True,
               help="Progress and the outcome as JSON lines on stdout, for programs (the service's update jobs).")
 def update(package: Path, json_lines: bool, **options: Any) -> None:

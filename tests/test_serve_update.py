@@ -29,6 +29,7 @@ with warnings.catch_warnings():  # starlette >= 1.x suggests httpx2 for its Test
 from conftest import UPDATE, invoke, served, tree_digest
 from memo_edge.runtime.check import check_package
 from memo_edge.runtime.lock import writer_lock
+from memo_edge.runtime.package import open_package
 from memo_edge.runtime.versions import list_versions
 from memo_edge.serve.app import create_app
 from memo_edge.serve.inputs import RequestError
@@ -170,6 +171,8 @@ def test_refused_updates_are_4xx_json_and_change_nothing(pkg: Path, base: dict[s
         (400, "epochs='0'", class_folder_zip(x, y, names), "application/zip", "epochs=0"),
         (400, "unknown parameter 'lr'", class_folder_zip(x, y, names), "application/zip", "lr=1"),
         (400, "int8='maybe': expected true or false", class_folder_zip(x, y, names), "application/zip", "int8=maybe"),
+        (400, "--precision fp16 needs a CUDA GPU", class_folder_zip(x, y, names), "application/zip",
+         "precision=fp16"),  # refused by `update` itself, before any training
         (415, "content-type image/png", png(x[0]), "image/png", QUICK),
     ]
     with TestClient(create_app(pkg, backend="ort-cpu")) as client:
@@ -183,7 +186,7 @@ def test_refused_updates_are_4xx_json_and_change_nothing(pkg: Path, base: dict[s
                             headers={"content-type": "application/zip"})
         assert r.status_code == 409 and "being changed by pid" in r.json()["error"]
         metrics = client.get("/metrics").text
-        assert 'memo_edge_update_jobs_total{outcome="refused"} 4.0' in metrics  # those refused by `update`
+        assert 'memo_edge_update_jobs_total{outcome="refused"} 5.0' in metrics  # those refused by `update`
         assert client.get("/jobs/nope").status_code == 404
     assert tree_digest(pkg.parent) == before
 
@@ -273,20 +276,22 @@ def test_a_killed_training_child_fails_its_job_and_the_service_carries_on(pkg: P
         assert r.status_code == 200 and r.json()["version"] == 1
         assert check_package(pkg).ok
         assert not list(pkg.parent.glob(".memo-edge-upload-*"))
-        r = http.post(f"/update?{QUICK}", content=npz_upload(x, y, names),
+        r = http.post(f"/update?{QUICK}&precision=bf16", content=npz_upload(x, y, names),
                       headers={"content-type": "application/x-npz"})
         assert r.status_code == 202, r.text
         done = wait_for_job(http.get, r.json()["id"])
         assert done["state"] == "succeeded" and done["version"] == 2, done  # the killed job kept nothing
         assert http.post("/predict", content=npy(x[:3]), headers=NPY).json()["version"] == 2
     assert check_package(pkg).ok
+    assert open_package(pkg).manifest.source["update"]["precision"] == "bf16"
 
 
 def test_update_options_map_to_the_update_command() -> None:
     from memo_edge.serve.jobs import UpdateOptions
 
     assert UpdateOptions.from_query({}).args() == ["--epochs", "30", "--batch-size", "128", "--schedule", "cosine",
-                                                   "--seed", "1993", "--freeze-base"]
-    options = UpdateOptions.from_query({"epochs": "3", "train_base": "true", "int8": "false", "schedule": "step"})
+                                                   "--seed", "1993", "--freeze-base", "--precision", "fp32"]
+    options = UpdateOptions.from_query({"epochs": "3", "train_base": "true", "int8": "false", "schedule": "step",
+                                        "precision": "bf16"})
     assert options.args() == ["--epochs", "3", "--batch-size", "128", "--schedule", "step", "--seed", "1993",
-                              "--train-base", "--no-int8"]
+                              "--train-base", "--no-int8", "--precision", "bf16"]

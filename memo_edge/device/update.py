@@ -35,6 +35,7 @@ from memo_edge.runtime.versions import append_version, collect_garbage, remove_o
 from memo_edge.train.augment import TestTransform, build_augment
 from memo_edge.train.recipe import paper_recipe
 from memo_edge.train.device import select_device
+from memo_edge.train.precision import resolve_precision
 from memo_edge.train.task import Transforms, learn_task
 
 __all__ = ["UpdateConfig", "Event", "update_package", "branch_bytes", "check_budget", "load_new_classes"]
@@ -55,6 +56,7 @@ class UpdateConfig:
     seed: int = 1993
     verify_images: int = 256
     int8: bool | None = None  # an int8 full graph in the new version; None: if the current version has one
+    precision: str = "fp32"  # autocast of training (memo_edge.train.precision); weights stay float32
 
 
 def branch_bytes(manifest: Manifest) -> int:
@@ -154,6 +156,7 @@ def _update(config: UpdateConfig, on_event: Event) -> PackageVersion:
     if config.int8 and m.file("full") is None:
         raise InputError(f"{config.package}: --int8 quantizes the full graph, which this package does not have")
     device = select_device(config.device)
+    precision = resolve_precision(config.precision, device)  # fp16 on a CPU is refused here, before any work
     on_event({"event": "checked", "version": m.version, "classes": list(new_names), "images": len(new_data),
               "epochs": config.epochs})
     torch.manual_seed(config.seed)
@@ -168,7 +171,7 @@ def _update(config: UpdateConfig, on_event: Event) -> PackageVersion:
     result = learn_task(
         model, new_data.with_labels(new_data.labels + known), exemplars, num_new=len(new_names), recipe=recipe,
         train_base=config.train_base, memory=MemoryPolicy("bytes", m.budget.total_bytes), transforms=transforms,
-        device=device, generator=generator, desc=f"task {model.num_tasks}",
+        device=device, generator=generator, desc=f"task {model.num_tasks}", precision=precision,
         on_epoch=lambda epoch, epochs, loss: on_event({"event": "epoch", "epoch": epoch, "epochs": epochs,
                                                        "loss": round(loss, 6)}),
     )
@@ -180,7 +183,7 @@ def _update(config: UpdateConfig, on_event: Event) -> PackageVersion:
                        class_names=(*m.class_names, *new_names), augment=augment,
                        total_budget_bytes=m.budget.total_bytes,
                        source={**m.source, "update": {"data": config.data, "epochs": config.epochs,
-                                                      "train_base": config.train_base}}),
+                                                      "train_base": config.train_base, "precision": precision}}),
         parent=m.version,
     )
     new_task = model.num_branches - 1

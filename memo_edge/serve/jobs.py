@@ -47,10 +47,11 @@ class UpdateOptions:
     seed: int = 1993
     train_base: bool = False
     int8: bool | None = None  # None: as the package has it
+    precision: str = "fp32"
 
     @classmethod
     def from_query(cls, params: Mapping[str, str]) -> UpdateOptions:
-        accepted = ("epochs", "batch_size", "schedule", "seed", "train_base", "int8")
+        accepted = ("epochs", "batch_size", "schedule", "seed", "train_base", "int8", "precision")
         unknown = sorted(set(params) - set(accepted))
         if unknown:
             raise RequestError(400, f"unknown parameter {unknown[0]!r}; accepted: {', '.join(accepted)}")
@@ -61,12 +62,17 @@ class UpdateOptions:
         schedule = params.get("schedule", d.schedule)
         if schedule not in ("cosine", "step"):
             raise RequestError(400, f"schedule={schedule!r}: expected cosine or step")
-        return cls(epochs, batch_size, schedule, seed, bool(_flag(params, "train_base")), _flag(params, "int8"))
+        precision = params.get("precision", d.precision)
+        if precision not in ("fp32", "bf16", "fp16", "auto"):
+            raise RequestError(400, f"precision={precision!r}: expected fp32, bf16, fp16 or auto")
+        return cls(epochs, batch_size, schedule, seed, bool(_flag(params, "train_base")), _flag(params, "int8"),
+                   precision)
 
     def args(self) -> list[str]:
         int8 = [] if self.int8 is None else ["--int8" if self.int8 else "--no-int8"]
         return ["--epochs", str(self.epochs), "--batch-size", str(self.batch_size), "--schedule", self.schedule,
-                "--seed", str(self.seed), "--train-base" if self.train_base else "--freeze-base", *int8]
+                "--seed", str(self.seed), "--train-base" if self.train_base else "--freeze-base", *int8,
+                "--precision", self.precision]
 
 
 def _flag(params: Mapping[str, str], name: str) -> bool | None:
