@@ -17,6 +17,7 @@ import numpy as np
 from memo_edge import __version__
 from memo_edge.errors import InputError, MemoEdgeError, user_error
 from memo_edge.serve.command import backend_option, precision_option, serve as serve_command
+from memo_edge.train.options import run_config, run_options, training_precision_option
 
 __all__ = ["main"]
 
@@ -54,57 +55,6 @@ def main(verbose: bool) -> None:
         logging.getLogger(name).setLevel(logging.DEBUG if verbose else logging.INFO)
 
 
-def _parse_class_order(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[int, ...] | None:
-    if value is None:
-        return None
-    try:
-        return tuple(int(v) for v in value.replace(" ", "").split(",") if v)
-    except ValueError:
-        raise click.BadParameter("expected comma-separated class ids, e.g. 3,1,0,2") from None
-
-
-_RUN_OPTIONS = [
-    click.option("--dataset", default="digits", show_default=True,
-                 help="digits (built in), cifar100, npz:DIR or imagefolder:DIR (DIR/train, DIR/val)."),
-    click.option("--data-dir", type=click.Path(path_type=Path), help="Where cifar100 lives (or is downloaded to)."),
-    click.option("--download/--no-download", default=False, help="Download cifar100 into --data-dir if missing."),
-    click.option("--scenario", help="B0IncK or B{N}IncK  [default: B0Inc2 on digits, else B0Inc10]"),
-    click.option("--classes", type=click.IntRange(min=2), help="Learn only the first N classes of the class order."),
-    click.option("--class-order", callback=_parse_class_order, help="Explicit class order: comma-separated ids."),
-    click.option("--shuffle/--no-shuffle", default=True, show_default=True,
-                 help="Shuffle the class order with --seed (the reference protocol) or keep label order."),
-    click.option("--seed", type=int, default=1993, show_default=True, help="Seed for the class order and training."),
-    click.option("--backbone", default="resnet32", show_default=True, help="resnet32/26/20/14/8 (CIFAR) or resnet18."),
-    click.option("--split", type=int, help="Stages in the shared trunk [default: 2 on CIFAR ResNets, 3 on resnet18]."),
-    click.option("--image-size", type=int, help="Input size for imagefolder data  [default: 224]"),
-    click.option("--epochs", type=click.IntRange(min=1), help="Epochs of tasks >= 1  [default: 170, the paper's]"),
-    click.option("--init-epochs", type=click.IntRange(min=1), help="Epochs of task 0  [default: 200, the paper's]"),
-    click.option("--batch-size", type=click.IntRange(min=2), default=128, show_default=True, help="Training batch size."),
-    click.option("--schedule", type=click.Choice(["step", "cosine"]), default="step", show_default=True,
-                 help="Learning-rate schedule: the paper's milestones or cosine annealing."),
-    click.option("--train-base/--freeze-base", default=None,
-                 help="Train or freeze the trunk after task 0  [default: train for B0 with small tasks, freeze for B50]"),
-    click.option("--device", help="cpu, cuda or cuda:N  [default: cuda when available]"),
-    click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16", "auto"]), default="fp32", show_default=True,
-                 help="Autocast precision of training and inference (fp16: GPUs; auto: fastest native one)."),
-    click.option("--stack-frozen", is_flag=True, help="Train with the frozen old branches as one grouped network "
-                 "(equal up to rounding; measured no faster on CPUs, docs/benchmarks.md)."),
-]
-
-
-def run_options(f: Any) -> Any:
-    """The options that describe a training run: data, scenario, backbone, recipe, device."""
-    for option in reversed(_RUN_OPTIONS):
-        f = option(f)
-    return f
-
-
-def _run_config(out: Path, data_dir: Path | None, **options: Any) -> Any:
-    from memo_edge.train.config import TrainConfig
-
-    return TrainConfig(out=str(out), data_dir=str(data_dir) if data_dir else None, **options)
-
-
 @main.command()
 @run_options
 @click.option("--method", type=click.Choice(["memo", "der", "replay"]), default="memo", show_default=True,
@@ -130,7 +80,7 @@ def train(out: Path | None, resume: Path | None, force: bool, device: str | None
     elif out is None:
         raise InputError("give --out DIR for a new run, or --resume DIR to continue one")
     else:
-        config = _run_config(out, data_dir, device=device, **options)
+        config = run_config(out, data_dir, device=device, **options)
     results = run_training(config, resume=resume is not None, force=force, on_task=_print_task, nproc=nproc,
                            timeout_s=dist_timeout)
     _print_summary(results, Path(config.out))
@@ -282,8 +232,7 @@ def predict(package: Path, inputs: tuple[Path, ...], top: int, batch_size: int, 
 @click.option("--seed", type=int, default=1993, show_default=True, help="Training seed.")
 @click.option("--int8/--no-int8", default=None,
               help="Re-make the int8 full graph, or drop it  [default: as the package has it].")
-@click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16", "auto"]), default="fp32", show_default=True,
-              help="Autocast precision of training (fp16: GPUs; auto: the fastest native one).")
+@training_precision_option
 @click.option("--json", "json_lines", is_flag=True,
               help="Progress and the outcome as JSON lines on stdout, for programs (the service's update jobs).")
 def update(package: Path, json_lines: bool, **options: Any) -> None:
@@ -375,7 +324,7 @@ def compare(out: Path, methods: str, memory: str, force: bool, data_dir: Path | 
     """Methods under one total memory budget: table (JSON, CSV, markdown) and plot."""
     from memo_edge.experiments.compare import compare as run_compare
 
-    rows = run_compare(_run_config(out, data_dir, **options), _methods(methods), memory, out, force=force,
+    rows = run_compare(run_config(out, data_dir, **options), _methods(methods), memory, out, force=force,
                        on_task=_print_task)
     click.echo((out / "comparison.md").read_text().rstrip())
     click.echo(f"results: {out}/comparison.{{json,csv,md,png}} and one run directory per method ({len(rows)})")
@@ -396,7 +345,7 @@ def curve(out: Path, methods: str, budgets: str, force: bool, data_dir: Path | N
         points = [float(b) for b in budgets.split(",") if b.strip()]
     except ValueError:
         raise InputError(f"--budgets: expected comma-separated MiB values, got {budgets!r}") from None
-    run_curve(_run_config(out, data_dir, **options), _methods(methods), points, out, force=force, on_task=_print_task)
+    run_curve(run_config(out, data_dir, **options), _methods(methods), points, out, force=force, on_task=_print_task)
     click.echo((out / "curve.md").read_text().rstrip())
     click.echo(f"results: {out}/curve.{{json,md,png}}")
 

@@ -1,0 +1,71 @@
+"""The click options of a training run, shared by ``train``, ``compare`` and ``curve``, and the
+training precision that ``update`` takes too. Click only (like ``memo_edge/serve/command.py``), so
+``memo-edge --help`` never imports torch; ``memo_edge/cli.py`` applies them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+__all__ = ["RUN_OPTIONS", "run_options", "run_config", "training_precision_option"]
+
+PRECISIONS = click.Choice(["fp32", "bf16", "fp16", "auto"])  # memo_edge.train.precision resolves them
+
+
+def training_precision_option(f: Any) -> Any:
+    return click.option("--precision", type=PRECISIONS, default="fp32", show_default=True,
+                        help="Autocast precision of training (fp16: GPUs; auto: the fastest native one).")(f)
+
+
+def _parse_class_order(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[int, ...] | None:
+    if value is None:
+        return None
+    try:
+        return tuple(int(v) for v in value.replace(" ", "").split(",") if v)
+    except ValueError:
+        raise click.BadParameter("expected comma-separated class ids, e.g. 3,1,0,2") from None
+
+
+RUN_OPTIONS = [
+    click.option("--dataset", default="digits", show_default=True,
+                 help="digits (built in), cifar100, npz:DIR or imagefolder:DIR (DIR/train, DIR/val)."),
+    click.option("--data-dir", type=click.Path(path_type=Path), help="Where cifar100 lives (or is downloaded to)."),
+    click.option("--download/--no-download", default=False, help="Download cifar100 into --data-dir if missing."),
+    click.option("--scenario", help="B0IncK or B{N}IncK  [default: B0Inc2 on digits, else B0Inc10]"),
+    click.option("--classes", type=click.IntRange(min=2), help="Learn only the first N classes of the class order."),
+    click.option("--class-order", callback=_parse_class_order, help="Explicit class order: comma-separated ids."),
+    click.option("--shuffle/--no-shuffle", default=True, show_default=True,
+                 help="Shuffle the class order with --seed (the reference protocol) or keep label order."),
+    click.option("--seed", type=int, default=1993, show_default=True, help="Seed for the class order and training."),
+    click.option("--backbone", default="resnet32", show_default=True, help="resnet32/26/20/14/8 (CIFAR) or resnet18."),
+    click.option("--split", type=int, help="Stages in the shared trunk [default: 2 on CIFAR ResNets, 3 on resnet18]."),
+    click.option("--image-size", type=int, help="Input size for imagefolder data  [default: 224]"),
+    click.option("--epochs", type=click.IntRange(min=1), help="Epochs of tasks >= 1  [default: 170, the paper's]"),
+    click.option("--init-epochs", type=click.IntRange(min=1), help="Epochs of task 0  [default: 200, the paper's]"),
+    click.option("--batch-size", type=click.IntRange(min=2), default=128, show_default=True, help="Training batch size."),
+    click.option("--schedule", type=click.Choice(["step", "cosine"]), default="step", show_default=True,
+                 help="Learning-rate schedule: the paper's milestones or cosine annealing."),
+    click.option("--train-base/--freeze-base", default=None,
+                 help="Train or freeze the trunk after task 0  [default: train for B0 with small tasks, freeze for B50]"),
+    click.option("--device", help="cpu, cuda or cuda:N  [default: cuda when available]"),
+    click.option("--precision", type=PRECISIONS, default="fp32", show_default=True,
+                 help="Autocast precision of training and inference (fp16: GPUs; auto: fastest native one)."),
+    click.option("--stack-frozen", is_flag=True, help="Train with the frozen old branches as one grouped network "
+                 "(equal up to rounding; measured no faster on CPUs, docs/benchmarks.md)."),
+]
+
+
+def run_options(f: Any) -> Any:
+    """The options that describe a training run: data, scenario, backbone, recipe, device."""
+    for option in reversed(RUN_OPTIONS):
+        f = option(f)
+    return f
+
+
+def run_config(out: Path, data_dir: Path | None, **options: Any) -> Any:
+    from memo_edge.train.config import TrainConfig
+
+    return TrainConfig(out=str(out), data_dir=str(data_dir) if data_dir else None, **options)
