@@ -17,7 +17,7 @@ import numpy as np
 from memo_edge import __version__
 from memo_edge.errors import InputError, MemoEdgeError, user_error
 from memo_edge.serve.command import backend_option, precision_option, serve as serve_command
-from memo_edge.train.options import run_config, run_options, training_precision_option
+from memo_edge.cli_options import run_config, run_options, training_precision_option
 
 __all__ = ["main"]
 

@@ -25,6 +25,7 @@ LAYERS: list[set[str]] = [
     {"export"},
     {"device"},
     {"experiments", "analysis"},
+    {"cli_options"},  # the click options of a training run, applied by cli.py
     {"cli"},
     {"__main__"},  # python -m memo_edge: the CLI
 ]

@@ -1,6 +1,6 @@
 """The click options of a training run, shared by ``train``, ``compare`` and ``curve``, and the
-training precision that ``update`` takes too. Click only (like ``memo_edge/serve/command.py``), so
-``memo-edge --help`` never imports torch; ``memo_edge/cli.py`` applies them.
+training precision that ``update`` takes too. Click only (like ``memo_edge/serve/command.py``): the
+CLI imports no layer of the trainer before a command runs; ``memo_edge/cli.py`` applies them.
 """
 
 from __future__ import annotations
