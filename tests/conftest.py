@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
+import io
 import json
 import socket
 import sqlite3
@@ -17,6 +18,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+from PIL import Image
 from click.testing import CliRunner
 
 from memo_edge.cli import main
@@ -132,3 +134,22 @@ def served(package: Path, *options: str, ready_within: float = 60) -> Iterator[S
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+
+
+def npy(x: np.ndarray) -> bytes:
+    """An .npy body (what the service's /predict takes)."""
+    buf = io.BytesIO()
+    np.save(buf, x, allow_pickle=False)
+    return buf.getvalue()
+
+
+def npz(**arrays: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    return buf.getvalue()
+
+
+def png(x: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(x).save(buf, format="PNG")
+    return buf.getvalue()

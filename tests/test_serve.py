@@ -19,13 +19,12 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from PIL import Image
 
 with warnings.catch_warnings():  # starlette >= 1.x suggests httpx2 for its TestClient; httpx still works
     warnings.filterwarnings("ignore", message=".*install `httpx2`")
     from starlette.testclient import TestClient
 
-from conftest import free_port, served, tree_digest
+from conftest import free_port, npy, npz, png, served, tree_digest
 from memo_edge.runtime.lock import writer_lock
 from memo_edge.runtime.package import open_package
 from memo_edge.runtime.predict import load, read_inputs
@@ -38,24 +37,6 @@ RNG_SEED = 7
 
 def images(n: int, shape: tuple[int, ...] = (32, 32, 3), seed: int = RNG_SEED) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (n, *shape), dtype=np.uint8)
-
-
-def npy(x: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    np.save(buf, x, allow_pickle=False)
-    return buf.getvalue()
-
-
-def npz(**arrays: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    np.savez(buf, **arrays)
-    return buf.getvalue()
-
-
-def png(x: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(x).save(buf, format="PNG")
-    return buf.getvalue()
 
 
 def post_array(client: TestClient, body: bytes, *, top: int = 1,

@@ -20,13 +20,12 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from PIL import Image
 
 with warnings.catch_warnings():  # starlette >= 1.x suggests httpx2 for its TestClient; httpx still works
     warnings.filterwarnings("ignore", message=".*install `httpx2`")
     from starlette.testclient import TestClient
 
-from conftest import UPDATE, invoke, served, tree_digest
+from conftest import UPDATE, invoke, npy, npz, png, served, tree_digest
 from memo_edge.runtime.check import check_package
 from memo_edge.runtime.lock import writer_lock
 from memo_edge.runtime.package import open_package
@@ -37,18 +36,6 @@ from memo_edge.serve.uploads import UploadLimits, unpack_upload
 
 NPY = {"content-type": "application/x-npy"}
 QUICK = "epochs=2&batch_size=32"  # a short update of the tiny package
-
-
-def npy(x: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    np.save(buf, x, allow_pickle=False)
-    return buf.getvalue()
-
-
-def png(x: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(x).save(buf, format="PNG")
-    return buf.getvalue()
 
 
 def new_classes(npz_dir: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
@@ -67,9 +54,7 @@ def class_folder_zip(x: np.ndarray, y: np.ndarray, names: list[str], top: str = 
 
 
 def npz_upload(x: np.ndarray, y: np.ndarray, names: list[str]) -> bytes:
-    buf = io.BytesIO()
-    np.savez(buf, x=x, y=y, class_names=np.array(names))
-    return buf.getvalue()
+    return npz(x=x, y=y, class_names=np.array(names))
 
 
 def wait_for_job(get, job_id: str, *, until=lambda job: job["state"] in ("succeeded", "failed"),
