@@ -62,6 +62,8 @@ def main(verbose: bool) -> None:
 @click.option("--memory", default="2000", show_default=True,
               help="Exemplars in total, or 'aligned' for the method's memory-aligned count of the scenario.")
 @click.option("--memory-per-class", type=click.IntRange(min=1), help="A fixed number of exemplars per class instead.")
+@click.option("--memory-bytes", type=click.IntRange(min=1), help="Exemplar memory in bytes instead (under a codec, "
+              "--memory N means the bytes of N raw exemplars).")
 @click.option("--out", type=click.Path(path_type=Path), help="Run directory (checkpoints, results, plots).")
 @click.option("--resume", type=click.Path(path_type=Path, file_okay=False), help="Continue the run in this directory.")
 @click.option("--force", is_flag=True, help="Overwrite a run already in --out.")
@@ -91,7 +93,9 @@ def _print_task(record: Any, num_tasks: int) -> None:
     # The quota per class, or what is stored beside it: classes with fewer training images than the
     # quota keep them all, so "1000/class" alone would overstate the memory in use.
     per_class = f"{record.per_class}/class"
-    if record.exemplars != record.per_class * m["seen_classes"]:
+    if record.codec != "raw":  # a byte share per class: how many fit depends on each image's encoded size
+        per_class = f"avg {record.exemplars / max(m['seen_classes'], 1):.1f}/class in {record.class_bytes:,} B each, {record.codec}"
+    elif record.exemplars != record.per_class * m["seen_classes"]:
         stored = record.exemplars / max(m["seen_classes"], 1)
         shown = f"{stored:.0f}" if stored.is_integer() else f"avg {stored:.1f}"
         per_class = f"{shown}/class stored, quota {per_class}"
@@ -122,6 +126,9 @@ def _print_summary(results: dict[str, Any], out: Path) -> None:
 @click.option("--base-exemplars", type=click.IntRange(min=0), default=2000, show_default=True,
               help="Exemplars of the DER reference budget.")
 @click.option("--scenario", default="B0Inc10", show_default=True, help="Scenario of the per-task quota table.")
+@click.option("--exemplar-codec", default="raw", show_default=True, help="Also count exemplars stored as png, jpeg:Q or webp:Q.")
+@click.option("--codec-data", help="Dataset to measure the codec's mean exemplar size on (digits, npz:DIR, ...).")
+@click.option("--codec-bytes", type=click.IntRange(min=1), help="Or state the codec's mean exemplar size in bytes.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def budget(as_json: bool, **options: Any) -> None:
     """Memory alignment: one model in exemplars, and the aligned exemplar counts per scenario."""
@@ -233,6 +240,8 @@ def predict(package: Path, inputs: tuple[Path, ...], top: int, batch_size: int, 
 @click.option("--int8/--no-int8", default=None,
               help="Re-make the int8 full graph, or drop it  [default: as the package has it].")
 @training_precision_option
+@click.option("--codec-mix", type=click.FloatRange(0, 1), default=0.0, show_default=True,
+              help="Probability that a new training image is seen through the package's lossy exemplar codec.")
 @click.option("--json", "json_lines", is_flag=True,
               help="Progress and the outcome as JSON lines on stdout, for programs (the service's update jobs).")
 def update(package: Path, json_lines: bool, **options: Any) -> None:
@@ -245,7 +254,8 @@ def update(package: Path, json_lines: bool, **options: Any) -> None:
     version = update_package(UpdateConfig(package=package, **options))
     m, v = version.manifest, version.manifest.verification["graphs"]["end_to_end"]
     click.echo(f"package {package}: version {m.version} with {len(m.task_classes)} tasks, {len(m.class_names)} classes; "
-               f"exemplars {m.budget.exemplars} ({m.budget.per_class}/class, {m.budget.exemplar_bytes:,} B) + model "
+               f"exemplars {m.budget.exemplars} ({'' if m.budget.codec == 'raw' else 'at least '}{m.budget.per_class}/class, "
+               f"{m.budget.exemplar_bytes:,} B{'' if m.budget.codec == 'raw' else ' as ' + m.budget.codec}) + model "
                f"{m.budget.model_bytes:,} B <= budget {m.budget.total_bytes:,} B; verified (max logit difference "
                f"{v['max_abs_diff']:.1e})")
     q = m.verification["graphs"].get("full-int8")
@@ -268,7 +278,7 @@ def _update_json_lines(package: Path, options: dict[str, Any]) -> None:
         raise
     m = version.manifest
     emit({"event": "committed", "version": m.version, "tasks": len(m.task_classes), "classes": len(m.class_names),
-          "exemplars": m.budget.exemplars, "exemplar_bytes": m.budget.exemplar_bytes,
+          "exemplars": m.budget.exemplars, "exemplar_bytes": m.budget.exemplar_bytes, "codec": m.budget.codec,
           "model_bytes": m.budget.model_bytes, "total_bytes": m.budget.total_bytes})
 
 

@@ -53,6 +53,12 @@ RUN_OPTIONS = [
     click.option("--device", help="cpu, cuda or cuda:N  [default: cuda when available]"),
     click.option("--precision", type=PRECISIONS, default="fp32", show_default=True,
                  help="Autocast precision of training and inference (fp16: GPUs; auto: fastest native one)."),
+    click.option("--exemplar-codec", default="raw", show_default=True,
+                 help="How exemplars are stored and counted in the budget: raw, png, jpeg:Q or webp:Q "
+                 "(compare, curve: comma-separated, one run each)."),
+    click.option("--codec-mix", type=click.FloatRange(0, 1), default=0.0, show_default=True,
+                 help="Probability, redrawn every epoch, that a new training image is seen through the lossy "
+                 "exemplar codec (the exemplars' domain)."),
     click.option("--stack-frozen", is_flag=True, help="Train with the frozen old branches as one grouped network "
                  "(equal up to rounding; measured no faster on CPUs, docs/benchmarks.md)."),
 ]

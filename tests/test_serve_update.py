@@ -275,8 +275,12 @@ def test_update_options_map_to_the_update_command() -> None:
     from memo_edge.serve.jobs import UpdateOptions
 
     assert UpdateOptions.from_query({}).args() == ["--epochs", "30", "--batch-size", "128", "--schedule", "cosine",
-                                                   "--seed", "1993", "--freeze-base", "--precision", "fp32"]
+                                                   "--seed", "1993", "--freeze-base", "--precision", "fp32",
+                                                   "--codec-mix", "0.0"]
     options = UpdateOptions.from_query({"epochs": "3", "train_base": "true", "int8": "false", "schedule": "step",
-                                        "precision": "bf16"})
+                                        "precision": "bf16", "codec_mix": "0.25"})
     assert options.args() == ["--epochs", "3", "--batch-size", "128", "--schedule", "step", "--seed", "1993",
-                              "--train-base", "--no-int8", "--precision", "bf16"]
+                              "--train-base", "--no-int8", "--precision", "bf16", "--codec-mix", "0.25"]
+    for bad in ("1.5", "-0.1", "nan", "half"):
+        with pytest.raises(RequestError, match="codec_mix"):
+            UpdateOptions.from_query({"codec_mix": bad})

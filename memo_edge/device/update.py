@@ -36,7 +36,7 @@ from memo_edge.train.augment import TestTransform, build_augment
 from memo_edge.train.recipe import paper_recipe
 from memo_edge.train.device import select_device
 from memo_edge.train.precision import resolve_precision
-from memo_edge.train.task import Transforms, learn_task
+from memo_edge.train.task import TaskResult, Transforms, learn_task
 
 __all__ = ["UpdateConfig", "Event", "update_package", "branch_bytes", "check_budget", "load_new_classes"]
 
@@ -57,6 +57,7 @@ class UpdateConfig:
     verify_images: int = 256
     int8: bool | None = None  # an int8 full graph in the new version; None: if the current version has one
     precision: str = "fp32"  # autocast of training (memo_edge.train.precision); weights stay float32
+    codec_mix: float = 0.0  # probability that a new training image is seen through the package's lossy codec
 
 
 def branch_bytes(manifest: Manifest) -> int:
@@ -70,11 +71,14 @@ def check_budget(manifest: Manifest, new_classes: int) -> None:
     b = manifest.budget
     model_after = b.model_bytes + branch_bytes(manifest)
     seen = len(manifest.class_names) + new_classes
-    needed = model_after + seen * b.bytes_per_exemplar
+    # Under a codec an exemplar's size is known once it is encoded: the stored ones' mean stands in.
+    each = b.bytes_per_exemplar if b.codec == "raw" else -(-b.exemplar_bytes // max(b.exemplars, 1))
+    needed = model_after + seen * each
     if needed > b.total_bytes:
+        about = "" if b.codec == "raw" else f", {each:,} B each as {b.codec} on average"
         raise InputError(
             f"the budget cannot fit another task: model {model_after:,} B + one exemplar for each of {seen} classes "
-            f"({seen * b.bytes_per_exemplar:,} B) needs {needed:,} B of {b.total_bytes:,} B; "
+            f"({seen * each:,} B{about}) needs {needed:,} B of {b.total_bytes:,} B; "
             f"{needed - b.total_bytes:,} B missing. Nothing was changed."
         )
 
@@ -148,6 +152,12 @@ def update_package(config: UpdateConfig, on_event: Event | None = None) -> Packa
             raise
 
 
+def _codec_report(result: TaskResult) -> dict:
+    """What a codec cost this update (nothing is added for raw exemplars)."""
+    codec = result.exemplars.codec
+    return {} if codec.is_raw else {"codec": codec.spec, "codec_seconds": result.codec_seconds}
+
+
 def _update(config: UpdateConfig, on_event: Event) -> PackageVersion:
     version = open_package(config.package)
     m = version.manifest
@@ -172,6 +182,7 @@ def _update(config: UpdateConfig, on_event: Event) -> PackageVersion:
         model, new_data.with_labels(new_data.labels + known), exemplars, num_new=len(new_names), recipe=recipe,
         train_base=config.train_base, memory=MemoryPolicy("bytes", m.budget.total_bytes), transforms=transforms,
         device=device, generator=generator, desc=f"task {model.num_tasks}", precision=precision,
+        codec_mix=config.codec_mix,
         on_epoch=lambda epoch, epochs, loss: on_event({"event": "epoch", "epoch": epoch, "epochs": epochs,
                                                        "loss": round(loss, 6)}),
     )
@@ -183,7 +194,8 @@ def _update(config: UpdateConfig, on_event: Event) -> PackageVersion:
                        class_names=(*m.class_names, *new_names), augment=augment,
                        total_budget_bytes=m.budget.total_bytes,
                        source={**m.source, "update": {"data": config.data, "epochs": config.epochs,
-                                                      "train_base": config.train_base, "precision": precision}}),
+                                                      "train_base": config.train_base, "precision": precision,
+                                                      **_codec_report(result)}}),
         parent=m.version,
     )
     new_task = model.num_branches - 1

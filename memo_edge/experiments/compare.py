@@ -4,7 +4,8 @@ Every method trains with the same trainer, data, scenario, schedule, herding and
 model differs (``methods.METHODS``). Under a total budget B, a method whose model takes M bytes after
 the last task keeps (B - M) // bytes-per-exemplar exemplars for the whole run (the paper's fixed
 memory per method), computed on the live models. ``aligned`` = DER's bytes: T backbones + 2,000
-exemplars.
+exemplars. Exemplar codecs are a second dimension: every (method, codec) pair trains under the same
+bytes, a codec storing as many exemplars as fit in them (``memory/codec.py``).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from memo_edge.data.scenario import build_scenario
 from memo_edge.errors import InputError
 from memo_edge.model.methods import get_method, method_model_bytes
 from memo_edge.memory.alignment import der_total_bytes, exemplar_bytes, exemplars_that_fit
+from memo_edge.memory.codec import parse_codec
 from memo_edge.model import split_parameter_counts
 from memo_edge.train.config import TrainConfig, default_scenario
 from memo_edge.train.run import train
@@ -52,6 +54,13 @@ class CompareRow:
     average_accuracy: float
     last_accuracy: float
     accuracy_curve: list[float]
+    codec: str = "raw"  # how the exemplars were stored
+    exemplar_bytes: int = 0  # stored exemplar bytes after the last task
+    codec_seconds: float = 0.0  # encoding + decoding under the codec, all tasks
+
+    @property
+    def label(self) -> str:
+        return self.method if self.codec == "raw" else f"{self.method} {self.codec}"
 
 
 def budget_bytes(budget: str, backbone: str, num_tasks: int, bytes_per_exemplar: int) -> int:
@@ -85,20 +94,40 @@ def _model_bytes(method: str, backbone: str, num_tasks: int, split: int | None) 
         raise InputError(str(exc)) from None
 
 
+def codec_specs(value: str) -> list[str]:
+    """``--exemplar-codec`` of compare and curve: comma-separated codecs, each checked and canonical."""
+    try:
+        specs = [parse_codec(v).spec for v in value.split(",") if v.strip()]
+    except ValueError as exc:
+        raise InputError(f"--exemplar-codec: {exc}") from None
+    if not specs or len(set(specs)) != len(specs):
+        raise InputError(f"--exemplar-codec: expected distinct comma-separated codecs, got {value!r}")
+    return specs
+
+
+def run_name(method: str, codec: str) -> str:
+    """The run directory of a (method, codec) pair: ``memo``, ``memo-jpeg75``, ``replay-png``."""
+    return method if codec == "raw" else f"{method}-{codec.replace(':', '')}"
+
+
 def compare(base: TrainConfig, methods: Sequence[str], budget: str, out: Path, *, force: bool = False,
             on_task: Callable[..., None] | None = None) -> list[CompareRow]:
-    """Train every method under one budget into ``out/<method>/``; an interrupted or finished run of
-    the same configuration is continued (so a crash costs at most one task)."""
+    """Train every method, under each of ``base.exemplar_codec``'s codecs, under one budget into
+    ``out/<method>[-<codec>]/``; an interrupted or finished run of the same configuration is continued
+    (so a crash costs at most one task)."""
     check_separate(out, *dataset_dirs(base.dataset, base.data_dir), what="comparison")
+    codecs = codec_specs(base.exemplar_codec)
     total, num_tasks, img, num_classes = _budget_of(base, budget)
     rows = []
     for name in methods:
         count = method_exemplars(name, base.backbone, num_tasks, total, img, num_classes, split=base.split)
-        config = replace(base, method=name, memory=str(count), memory_per_class=None, out=str(out / name))
-        log.info("%s: %d exemplars, model %s B", name, count,
-                 f"{_model_bytes(name, base.backbone, num_tasks, base.split):,}")
-        results = train(config, resume=_same_run_there(config) and not force, force=force, on_task=on_task)
-        rows.append(_row(name, base.backbone, total, count, results))
+        for codec in codecs:  # the same bytes: count raw exemplars' worth, whatever the codec stores in them
+            config = replace(base, method=name, memory=str(count), memory_per_class=None, memory_bytes=None,
+                             exemplar_codec=codec, out=str(out / run_name(name, codec)))
+            log.info("%s: %d raw exemplars' bytes (%s B) as %s, model %s B", name, count, f"{count * img:,}", codec,
+                     f"{_model_bytes(name, base.backbone, num_tasks, base.split):,}")
+            results = train(config, resume=_same_run_there(config) and not force, force=force, on_task=on_task)
+            rows.append(_row(name, base.backbone, total, count, results, codec))
     write_table(rows, out)
     return rows
 
@@ -120,32 +149,34 @@ def _budget_of(base: TrainConfig, budget: str) -> tuple[int, int, int, int]:
     return budget_bytes(budget, base.backbone, scenario.num_tasks, img), scenario.num_tasks, img, num_classes
 
 
-def _row(method: str, backbone: str, total: int, memory: int, results: dict[str, Any]) -> CompareRow:
+def _row(method: str, backbone: str, total: int, memory: int, results: dict[str, Any], codec: str = "raw") -> CompareRow:
     s, last = results["summary"], results["tasks"][-1]
     return CompareRow(method, backbone, total, last["model_bytes"], memory, last["exemplars"],
                       round(s["average_incremental_accuracy"], 2), round(s["last_accuracy"], 2),
-                      [round(a, 2) for a in s["accuracy_curve"]])
+                      [round(a, 2) for a in s["accuracy_curve"]], codec, last["exemplar_bytes"],
+                      round(sum(t.get("codec_seconds", 0.0) for t in results["tasks"]), 3))
 
 
 def write_table(rows: Sequence[CompareRow], out: Path) -> None:
     """comparison.json, comparison.csv, comparison.md and comparison.png (accuracy per task per method)."""
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "comparison.json", {"schema_version": 1, "rows": [asdict(r) for r in rows]})
-    fields = ["method", "backbone", "budget_bytes", "model_bytes", "memory", "exemplars", "average_accuracy", "last_accuracy"]
+    fields = ["method", "codec", "backbone", "budget_bytes", "model_bytes", "memory", "exemplars", "exemplar_bytes",
+              "average_accuracy", "last_accuracy", "codec_seconds"]
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
     writer.writerows(asdict(r) for r in rows)
     atomic_write_bytes(out / "comparison.csv", buf.getvalue().encode())
-    lines = ["| method | backbone | total MiB | model MiB | exemplar memory | stored | average acc. | last acc. |",
-             "|---|---|---|---|---|---|---|---|"]
-    lines += [f"| {r.method} | {r.backbone} | {r.budget_bytes / MIB:.2f} | {r.model_bytes / MIB:.2f} | {r.memory} | {r.exemplars} | "
-              f"{r.average_accuracy:.2f} | {r.last_accuracy:.2f} |" for r in rows]
+    lines = ["| method | codec | backbone | total MiB | model MiB | exemplar memory (raw exemplars) | stored | stored MiB | "
+             "average acc. | last acc. |", "|---|---|---|---|---|---|---|---|---|---|"]
+    lines += [f"| {r.method} | {r.codec} | {r.backbone} | {r.budget_bytes / MIB:.2f} | {r.model_bytes / MIB:.2f} | {r.memory} | "
+              f"{r.exemplars} | {r.exemplar_bytes / MIB:.2f} | {r.average_accuracy:.2f} | {r.last_accuracy:.2f} |" for r in rows]
     atomic_write_bytes(out / "comparison.md", ("\n".join(lines) + "\n").encode())
     fig = Figure(figsize=(6.5, 4.2))
     ax = fig.add_subplot()
     for r in rows:
-        ax.plot(range(1, len(r.accuracy_curve) + 1), r.accuracy_curve, marker="o", label=f"{r.method} ({r.memory} exemplars)")
+        ax.plot(range(1, len(r.accuracy_curve) + 1), r.accuracy_curve, marker="o", label=f"{r.label} ({r.exemplars} exemplars)")
     ax.set(xlabel="task", ylabel="top-1 accuracy on seen classes (%)", title=f"{rows[0].budget_bytes / MIB:.2f} MiB total" if rows else "")
     ax.set_xticks(range(1, max((len(r.accuracy_curve) for r in rows), default=1) + 1))
     ax.grid(alpha=0.3)
@@ -180,7 +211,10 @@ def curve(base: TrainConfig, methods: Sequence[str], budgets_mib: Sequence[float
     """Accuracy against total memory for each method; AUC-A and AUC-L; curve.json/.md/.png."""
     check_separate(out, *dataset_dirs(base.dataset, base.data_dir), what="curve")
     _, num_tasks, img, num_classes = _budget_of(base, "aligned")
-    points: dict[str, list[dict[str, Any]]] = {m: [] for m in methods}
+    codecs = codec_specs(base.exemplar_codec)
+    # One curve per method and codec: "memo", "memo jpeg:75", ...
+    points: dict[str, list[dict[str, Any]]] = {CompareRow(m, "", 0, 0, 0, 0, 0, 0, [], c).label: []
+                                               for m in methods for c in codecs}
     for mib in budgets_mib:
         total = int(mib * MIB)
         for name in methods:
@@ -189,8 +223,8 @@ def curve(base: TrainConfig, methods: Sequence[str], budgets_mib: Sequence[float
                 log.warning("%s does not fit %.2f MiB with any backbone; skipped", name, mib)
                 continue
             config = replace(base, backbone=backbone)
-            row = compare(config, [name], str(mib), out / f"{mib:g}MiB", force=force, on_task=on_task)[0]
-            points[name].append({"mib": mib, **asdict(row)})
+            for row in compare(config, [name], str(mib), out / f"{mib:g}MiB", force=force, on_task=on_task):
+                points[row.label].append({"mib": mib, **asdict(row)})
     summary = {m: _auc_of(p) for m, p in points.items()}
     report = {"schema_version": 1, "budgets_mib": list(budgets_mib), "points": points, "auc": summary}
     atomic_write_json(out / "curve.json", report)

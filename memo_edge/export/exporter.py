@@ -221,8 +221,11 @@ def _total_budget(header: dict[str, Any], model: MemoNet, exemplars: ExemplarSet
     if requested is None:
         policy = MemoryPolicy.from_json(header["memory"])
         seen = model.num_classes
-        per_class = policy.per_class(seen, model_bytes=model_bytes, bytes_per_exemplar=per_exemplar)
-        requested = model_bytes + per_class * seen * per_exemplar
+        if exemplars.codec.is_raw:  # whole raw exemplars, as before codecs existed
+            share = policy.per_class(seen, model_bytes=model_bytes, bytes_per_exemplar=per_exemplar) * per_exemplar
+        else:
+            share = policy.class_bytes(seen, model_bytes=model_bytes, bytes_per_exemplar=per_exemplar)
+        requested = model_bytes + share * seen
     if requested < model_bytes + exemplars.nbytes:
         raise InputError(f"total budget {requested:,} B is below what task-{task:02d} already holds: model "
                          f"{model_bytes:,} B + exemplars {exemplars.nbytes:,} B")
@@ -244,7 +247,8 @@ def model_manifest(version: int, model: MemoNet, exemplars: ExemplarSet, *, spec
                "task_sizes": list(model.task_sizes), "trunk_frozen": model.trunk_frozen, "augment": augment},
         budget=Budget(total_bytes=total_budget_bytes, model_bytes=model.model_bytes(),
                       exemplar_bytes=exemplars.nbytes, bytes_per_exemplar=exemplar_bytes(spec.shape),
-                      exemplars=len(exemplars), per_class=min(counts.values()) if counts else 0),
+                      exemplars=len(exemplars), per_class=min(counts.values()) if counts else 0,
+                      codec=exemplars.codec.spec, codec_header=exemplars.codec.header_sha256(spec.channels)),
         files=(),
         opset=graphs.OPSET,
         producer=producer_versions() | {"onnx": onnx.__version__, "opset": str(graphs.OPSET)},

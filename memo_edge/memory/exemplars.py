@@ -3,6 +3,9 @@
 The rank is what makes the quota rule cheap: a class shrunk to m exemplars keeps ranks 0..m-1 (a
 herding prefix), so no features have to be recomputed when a new branch shrinks the quota.
 Invariant checked on construction: within every class the ranks are exactly 0..count-1.
+
+Under a codec other than raw (``memory/codec.py``) the set also holds each exemplar's stored form:
+``images`` are what it decodes to (what the model sees), ``encoded`` what is kept and counted.
 """
 
 from __future__ import annotations
@@ -15,16 +18,26 @@ from pathlib import Path
 import numpy as np
 
 from memo_edge.errors import InputError
+from memo_edge.memory.codec import RAW, Codec, CodecError, parse_codec
 from memo_edge.memory.herding import herding_order
 from memo_edge.utils.checks import check_int
 from memo_edge.utils.io import atomic_open
 
-__all__ = ["ExemplarSet", "select_exemplars"]
+__all__ = ["ExemplarSet", "ExemplarDecodeError", "select_exemplars"]
 
-_KEYS = ("images", "labels", "ranks")
+_KEYS = ("images", "labels", "ranks")  # a raw set's file, as before codecs existed
+_ENCODED_KEYS = ("blobs", "offsets", "labels", "ranks", "codec", "image_shape", "codec_header")
 _ZIP_MAGIC = b"PK\x03\x04"  # np.savez always writes at least one member, so never an empty zip
 # What numpy and zipfile raise on a damaged, truncated or foreign file.
 _READ_ERRORS = (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error)
+
+
+class ExemplarDecodeError(CodecError):
+    """A stored exemplar that does not decode, with its label and rank."""
+
+    def __init__(self, label: int, rank: int, problem: str) -> None:
+        super().__init__(f"exemplar {rank} of label {label}: {problem}")
+        self.label, self.rank, self.problem = label, rank, problem
 
 
 def _check_image_shape(image_shape: tuple[int, ...]) -> tuple[int, int, int]:
@@ -39,9 +52,16 @@ class ExemplarSet:
     images: np.ndarray  # uint8 [N, H, W, C]
     labels: np.ndarray  # int64 [N]
     ranks: np.ndarray  # int64 [N], herding rank within its class (0 = picked first)
+    encoded: tuple[bytes, ...] | None = None  # each image's stored form; None under raw (its own bytes)
+    codec: Codec = RAW
 
     def __post_init__(self) -> None:
         images, labels, ranks = self.images, self.labels, self.ranks
+        if self.codec.is_raw != (self.encoded is None):
+            raise ValueError("encoded forms go with a codec other than raw, and only with one")
+        if self.encoded is not None:
+            if len(self.encoded) != len(images) or not all(isinstance(b, bytes) for b in self.encoded):
+                raise ValueError(f"encoded must hold one bytes object per image ({len(images)})")
         if not isinstance(images, np.ndarray) or images.dtype != np.uint8 or images.ndim != 4:
             raise ValueError(f"images must be a uint8 array [N, H, W, C], got {_describe(images)}")
         _check_image_shape(images.shape[1:])
@@ -65,13 +85,28 @@ class ExemplarSet:
                 )
 
     @classmethod
-    def empty(cls, image_shape: tuple[int, int, int]) -> ExemplarSet:
+    def empty(cls, image_shape: tuple[int, int, int], codec: Codec = RAW) -> ExemplarSet:
         shape = _check_image_shape(image_shape)
         return cls(
             images=np.zeros((0, *shape), dtype=np.uint8),
             labels=np.zeros(0, dtype=np.int64),
             ranks=np.zeros(0, dtype=np.int64),
+            encoded=None if codec.is_raw else (),
+            codec=codec,
         )
+
+    @classmethod
+    def from_stored(cls, blobs: list[bytes], labels: np.ndarray, ranks: np.ndarray, codec: Codec,
+                    image_shape: tuple[int, int, int]) -> ExemplarSet:
+        """A set from its stored forms (decoded here); CodecError names the first row that does not decode."""
+        shape = _check_image_shape(image_shape)
+        images = np.empty((len(blobs), *shape), np.uint8)
+        for i, blob in enumerate(blobs):
+            try:
+                images[i] = codec.decode(blob, shape)
+            except CodecError as exc:
+                raise ExemplarDecodeError(int(labels[i]), int(ranks[i]), str(exc)) from None
+        return cls(images, labels, ranks, None if codec.is_raw else tuple(blobs), codec)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -79,7 +114,7 @@ class ExemplarSet:
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, ExemplarSet):
             return NotImplemented
-        return all(
+        return self.codec == other.codec and self.encoded == other.encoded and all(
             a.dtype == b.dtype and a.shape == b.shape and np.array_equal(a, b)
             for a, b in zip(
                 (self.images, self.labels, self.ranks), (other.images, other.labels, other.ranks)
@@ -94,8 +129,25 @@ class ExemplarSet:
 
     @property
     def nbytes(self) -> int:
-        """Bytes of the images only: what the exemplars cost in the budget."""
-        return int(self.images.nbytes)
+        """Bytes of the stored images only (encoded under a codec): what the exemplars cost in the budget."""
+        return int(self.sizes.sum())
+
+    @property
+    def sizes(self) -> np.ndarray:
+        """int64 [N]: each exemplar's stored bytes."""
+        if self.encoded is None:
+            return np.full(len(self), int(np.prod(self.image_shape)), np.int64)
+        return np.fromiter((len(b) for b in self.encoded), np.int64, len(self.encoded))
+
+    def stored(self) -> list[bytes]:
+        """Each exemplar as it is stored: raw pixels, or its encoded form."""
+        if self.encoded is None:
+            return [image.tobytes() for image in self.images]
+        return list(self.encoded)
+
+    def _select(self, keep: np.ndarray) -> ExemplarSet:
+        encoded = None if self.encoded is None else tuple(self.encoded[i] for i in np.flatnonzero(keep))
+        return ExemplarSet(self.images[keep], self.labels[keep], self.ranks[keep], encoded, self.codec)
 
     def classes(self) -> np.ndarray:
         return np.unique(self.labels)
@@ -107,13 +159,22 @@ class ExemplarSet:
     def reduce(self, per_class: int) -> ExemplarSet:
         """Keep the first ``per_class`` of every class in herding order (rank < per_class)."""
         per_class = check_int("per_class", per_class)
-        keep = self.ranks < per_class
-        return ExemplarSet(self.images[keep], self.labels[keep], self.ranks[keep])
+        return self._select(self.ranks < per_class)
+
+    def fit(self, class_bytes: int) -> ExemplarSet:
+        """Keep of every class the longest herding prefix whose stored bytes total at most ``class_bytes``.
+
+        Under raw this is ``reduce(class_bytes // bytes per image)``.
+        """
+        class_bytes = check_int("class_bytes", class_bytes)
+        return self._select(_prefix_mask(self.labels, self.ranks, self.sizes, class_bytes))
 
     def extend(self, other: ExemplarSet) -> ExemplarSet:
         """Both sets together; a class may come from one side only (its ranks would collide)."""
         if other.image_shape != self.image_shape:
             raise ValueError(f"image shape {other.image_shape} does not match {self.image_shape}")
+        if other.codec != self.codec:
+            raise ValueError(f"exemplars stored as {other.codec} cannot join a set stored as {self.codec}")
         shared = np.intersect1d(self.labels, other.labels)
         if len(shared):
             raise ValueError(f"classes already in the exemplar set: {shared.tolist()}")
@@ -121,12 +182,25 @@ class ExemplarSet:
             images=np.concatenate([self.images, other.images]),
             labels=np.concatenate([self.labels, other.labels]),
             ranks=np.concatenate([self.ranks, other.ranks]),
+            encoded=None if self.encoded is None else self.encoded + tuple(other.encoded or ()),
+            codec=self.codec,
         )
 
     def save(self, path: Path) -> None:
-        """Write an uncompressed .npz (images, labels, ranks) atomically to exactly ``path``."""
+        """Write an uncompressed .npz atomically to exactly ``path``.
+
+        Raw: (images, labels, ranks). Under a codec: the stored forms joined into ``blobs`` with their
+        ``offsets``, the codec's spec, the image shape and the codec's header fingerprint; no pixels.
+        """
         with atomic_open(path, "wb") as f:
-            np.savez(f, images=self.images, labels=self.labels, ranks=self.ranks)
+            if self.encoded is None:
+                np.savez(f, images=self.images, labels=self.labels, ranks=self.ranks)
+                return
+            offsets = np.concatenate([[0], np.cumsum(self.sizes)]).astype(np.int64)
+            np.savez(f, blobs=np.frombuffer(b"".join(self.encoded), np.uint8), offsets=offsets, labels=self.labels,
+                     ranks=self.ranks, codec=np.array(self.codec.spec),
+                     image_shape=np.array(self.image_shape, np.int64),
+                     codec_header=np.array(self.codec.header_sha256(self.image_shape[2])))
 
     @classmethod
     def load(cls, path: Path) -> ExemplarSet:
@@ -141,30 +215,52 @@ class ExemplarSet:
                 f.seek(0)
                 with np.load(f, allow_pickle=False) as data:
                     keys = set(data.files)
-                    if keys != set(_KEYS):
+                    expected = next((k for k in (_KEYS, _ENCODED_KEYS) if keys == set(k)), None)
+                    if expected is None:
                         raise InputError(
-                            f"{path}: exemplar file has keys {sorted(keys)}, expected {list(_KEYS)}"
+                            f"{path}: exemplar file has keys {sorted(keys)}, expected {list(_KEYS)} "
+                            f"or {list(_ENCODED_KEYS)}"
                         )
                     # Members are read lazily: truncation and bad CRCs surface only here.
-                    arrays = {key: data[key] for key in _KEYS}
+                    arrays = {key: data[key] for key in expected}
         except FileNotFoundError:
             raise InputError(f"{path}: exemplar file not found") from None
         except _READ_ERRORS as e:
             raise InputError(f"{path}: unreadable exemplar file ({_one_line(e)})") from None
         try:
-            return cls(**arrays)
-        except ValueError as e:
+            return cls(**arrays) if "images" in arrays else _from_npz(arrays)
+        except ValueError as e:  # CodecError too: it names the exemplar that does not decode
             raise InputError(f"{path}: invalid exemplar file ({_one_line(e)})") from None
 
 
-def select_exemplars(
-    images: np.ndarray, labels: np.ndarray, features: np.ndarray, per_class: int
-) -> ExemplarSet:
-    """Herding per class: up to ``per_class`` images of every class in ``labels``, ranks 0..m-1.
+def _from_npz(arrays: dict[str, np.ndarray]) -> ExemplarSet:
+    codec = parse_codec(str(arrays["codec"]))
+    shape = _check_image_shape(tuple(int(s) for s in arrays["image_shape"]))
+    if str(arrays["codec_header"]) != codec.header_sha256(shape[2]):
+        raise ValueError(f"this Pillow's {codec} tables differ from those the exemplars were written with")
+    blob, offsets = arrays["blobs"], arrays["offsets"]
+    if blob.dtype != np.uint8 or offsets.dtype != np.int64 or len(offsets) != len(arrays["labels"]) + 1 \
+            or offsets[0] != 0 or offsets[-1] != len(blob) or np.any(np.diff(offsets) < 0):
+        raise ValueError("blobs and offsets do not agree")
+    data = blob.tobytes()
+    blobs = [data[a:b] for a, b in zip(offsets[:-1].tolist(), offsets[1:].tolist())]
+    return ExemplarSet.from_stored(blobs, arrays["labels"], arrays["ranks"], codec, shape)
 
+
+def select_exemplars(
+    images: np.ndarray, labels: np.ndarray, features: np.ndarray, per_class: int | None = None, *,
+    class_bytes: int | None = None, encoded: list[bytes] | None = None, codec: Codec = RAW,
+) -> ExemplarSet:
+    """Herding per class: every class in ``labels`` keeps a herding prefix, ranks 0..m-1.
+
+    The prefix is as long as ``per_class`` exemplars and as ``class_bytes`` stored bytes allow
+    (whichever binds; at least one must be given). ``encoded``: each image's stored form under
+    ``codec`` (then ``images`` are their decoded forms, which ``features`` were computed on).
     Classes come out in ascending label order, each in herding order over its own ``features`` rows.
     """
-    per_class = check_int("per_class", per_class)
+    if per_class is None and class_bytes is None:
+        raise ValueError("give per_class, class_bytes or both")
+    per_class = None if per_class is None else check_int("per_class", per_class)
     images = np.asarray(images)
     labels = np.asarray(labels)
     features = np.asarray(features)
@@ -174,26 +270,47 @@ def select_exemplars(
         raise ValueError(f"labels must be a 1-D integer array, got {_describe(labels)}")
     if features.ndim != 2:
         raise ValueError(f"features must be 2-D [N, D], got shape {features.shape}")
-    if not len(images) == len(labels) == len(features):
+    if not len(images) == len(labels) == len(features) == (len(images) if encoded is None else len(encoded)):
         raise ValueError(
             f"images, labels and features disagree in length: "
             f"{len(images)}, {len(labels)}, {len(features)}"
         )
+    if codec.is_raw != (encoded is None):
+        raise ValueError("encoded forms go with a codec other than raw, and only with one")
+    raw_size = int(np.prod(images.shape[1:]))
+    sizes = np.full(len(images), raw_size, np.int64) if encoded is None else np.array([len(b) for b in encoded], np.int64)
     picked: list[np.ndarray] = []
     ranks: list[np.ndarray] = []
     for c in np.unique(labels):
         members = np.flatnonzero(labels == c)
-        order = herding_order(features[members], per_class)
+        steps = len(members) if per_class is None else per_class
+        if class_bytes is not None:  # no prefix can be longer than the budget over the smallest image
+            steps = min(steps, class_bytes // int(sizes[members].min()))
+        order = herding_order(features[members], steps)
+        if class_bytes is not None:
+            order = order[: int(np.searchsorted(np.cumsum(sizes[members][order]), class_bytes, side="right"))]
         picked.append(members[order])
         ranks.append(np.arange(len(order), dtype=np.int64))
     if not picked:
-        return ExemplarSet.empty(images.shape[1:])
+        return ExemplarSet.empty(images.shape[1:], codec)
     index = np.concatenate(picked)
     return ExemplarSet(
         images=images[index],
         labels=labels[index].astype(np.int64, copy=False),
         ranks=np.concatenate(ranks),
+        encoded=None if encoded is None else tuple(encoded[i] for i in index),
+        codec=codec,
     )
+
+
+def _prefix_mask(labels: np.ndarray, ranks: np.ndarray, sizes: np.ndarray, class_bytes: int) -> np.ndarray:
+    """Rows within their class's longest rank prefix whose sizes sum to at most ``class_bytes``."""
+    keep = np.zeros(len(labels), bool)
+    for c in np.unique(labels):
+        members = np.flatnonzero(labels == c)
+        members = members[np.argsort(ranks[members])]
+        keep[members[np.cumsum(sizes[members]) <= class_bytes]] = True
+    return keep
 
 
 def _describe(x: object) -> str:

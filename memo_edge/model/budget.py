@@ -1,10 +1,18 @@
-"""``memo-edge budget``: the memory-alignment figures of a backbone, computed from live modules."""
+"""``memo-edge budget``: the memory-alignment figures of a backbone, computed from live modules.
+
+Under an exemplar codec (``memory/codec.py``) the same bytes hold more exemplars: the tables add the
+counts at the codec's mean encoded size, measured on a dataset (``--codec-data``) or stated
+(``--codec-bytes``), and say which.
+"""
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import numpy as np
+
+from memo_edge.data.datasets import load_dataset
 from memo_edge.data.scenario import build_scenario, parse_scenario
 from memo_edge.memory.alignment import (
     aligned_table,
@@ -13,6 +21,7 @@ from memo_edge.memory.alignment import (
     exemplars_that_fit,
     quota_table,
 )
+from memo_edge.memory.codec import Codec, parse_codec
 from memo_edge.model import split_parameter_counts
 
 __all__ = ["BudgetRequest", "budget_report", "format_budget_report", "STANDARD_SCENARIOS"]
@@ -30,6 +39,33 @@ class BudgetRequest:
     classes: int = 100
     base_exemplars: int = 2000
     scenario: str = "B0Inc10"
+    exemplar_codec: str = "raw"
+    codec_data: str | None = None  # a dataset spec to measure the codec's mean size on (its train split)
+    codec_bytes: int | None = None  # or the mean encoded size, stated
+    codec_samples: int = 1000  # images measured, at random (seed 0)
+
+
+def codec_mean_bytes(req: BudgetRequest, codec: Codec) -> dict[str, Any] | None:
+    """The codec's mean encoded size per exemplar, and where the figure comes from; None for raw."""
+    raw = req.image_size * req.image_size * req.channels
+    if codec.is_raw:
+        if req.codec_data or req.codec_bytes:
+            raise ValueError("--codec-data and --codec-bytes size an --exemplar-codec other than raw")
+        return None
+    if (req.codec_data is None) == (req.codec_bytes is None):
+        raise ValueError(f"--exemplar-codec {codec}: give --codec-data DATASET to measure its mean size, or "
+                         f"--codec-bytes B to state it (raw is {raw:,} B)")
+    if req.codec_bytes is not None:
+        return {"mean_bytes": req.codec_bytes, "source": f"stated (--codec-bytes {req.codec_bytes})"}
+    data = load_dataset(req.codec_data, image_size=req.image_size if req.codec_data.startswith("imagefolder:") else None)
+    shape = (req.image_size, req.image_size, req.channels)
+    if data.image_shape != shape:
+        raise ValueError(f"--codec-data {req.codec_data}: images are {data.image_shape}, the budget is for {shape}")
+    pick = np.sort(np.random.default_rng(0).permutation(len(data.train))[: req.codec_samples])
+    sizes = [len(blob) for blob in codec.encode_many(data.train.take(pick))]
+    mean = int(np.ceil(np.mean(sizes)))
+    return {"mean_bytes": mean, "source": f"measured on {len(sizes):,} training images of {req.codec_data} "
+                                          f"(min {min(sizes):,} B, max {max(sizes):,} B)"}
 
 
 def _num_tasks(spec: str, classes: int) -> int:
@@ -45,6 +81,21 @@ def budget_report(req: BudgetRequest) -> dict[str, Any]:
     tasks = scenario.num_tasks
     total = der_total_bytes(tasks, trunk + branch, img, req.base_exemplars)
     quota = quota_table(total, trunk, branch, img, list(range(1, tasks + 1)), scenario.boundaries())
+    codec = parse_codec(req.exemplar_codec)
+    sized = codec_mean_bytes(req, codec)
+    if sized is not None:  # the same bytes at the codec's mean size
+        mean = sized["mean_bytes"]
+        rows_json = [asdict(r) for r in rows]
+        for row in rows_json:
+            for key, model in (("memo", 4 * (trunk + row["num_tasks"] * branch)), ("single_backbone", 4 * (trunk + branch)),
+                               ("der", 4 * row["num_tasks"] * (trunk + branch))):
+                row[f"{key}_codec_exemplars"] = exemplars_that_fit(row["der_total_bytes"] - model, mean)
+        quota_json = [asdict(r) | {"codec_exemplars": r.exemplar_bytes // mean,
+                                   "codec_per_class": r.exemplar_bytes // mean // seen}
+                      for r, seen in zip(quota, scenario.boundaries())]
+        sized = {"codec": codec.spec, "raw_bytes": img, **sized}
+    else:
+        rows_json, quota_json = [asdict(r) for r in rows], [asdict(r) for r in quota]
     return {
         "request": asdict(req),
         "trunk_parameters": trunk,
@@ -53,8 +104,9 @@ def budget_report(req: BudgetRequest) -> dict[str, Any]:
         "model_bytes": 4 * (trunk + branch),
         "bytes_per_exemplar": img,
         "exemplars_per_model": exemplars_that_fit(4 * (trunk + branch), img),
-        "aligned": [asdict(r) for r in rows],
-        "quota": {"scenario": req.scenario, "total_bytes": total, "rows": [asdict(r) for r in quota]},
+        "aligned": rows_json,
+        "quota": {"scenario": req.scenario, "total_bytes": total, "rows": quota_json},
+        "codec": sized,  # None under raw
     }
 
 
@@ -71,19 +123,30 @@ def format_budget_report(r: dict[str, Any]) -> str:
         f"T backbones + {req['base_exemplars']} exemplars):",
         f"{'scenario':<10} {'T':>3} {'MEMO':>7} {'single-backbone':>16} {'DER':>6} {'total MiB':>10}",
     ]
+    c = r.get("codec")
+    if c is not None:
+        lines[-1] += f" {'MEMO':>7} {'single-backbone':>16} {'DER':>6}  <- as {c['codec']}"
     for row in r["aligned"]:
         lines.append(
             f"{row['scenario']:<10} {row['num_tasks']:>3} {row['memo_exemplars']:>7} "
             f"{row['single_backbone_exemplars']:>16} {row['der_exemplars']:>6} {row['der_total_bytes'] / 2**20:>10.2f}"
+            + ("" if c is None else f" {row['memo_codec_exemplars']:>7} {row['single_backbone_codec_exemplars']:>16} "
+                                    f"{row['der_codec_exemplars']:>6}")
         )
     q = r["quota"]
     lines += [
         "",
         f"On a device with the {q['scenario']} budget fixed at {q['total_bytes']:,} B "
         f"({q['total_bytes'] / 2**20:.2f} MiB), each new branch shrinks the exemplar memory:",
-        f"{'tasks':>5} {'model B':>12} {'exemplar B':>12} {'exemplars':>10} {'per class':>10}",
+        f"{'tasks':>5} {'model B':>12} {'exemplar B':>12} {'exemplars':>10} {'per class':>10}"
+        + ("" if c is None else f" {'exemplars':>10} {'per class':>10}  <- as {c['codec']}"),
     ]
     for row in q["rows"]:
         lines.append(f"{row['tasks']:>5} {row['model_bytes']:>12,} {row['exemplar_bytes']:>12,} "
-                     f"{row['exemplars']:>10} {row['per_class']:>10}")
+                     f"{row['exemplars']:>10} {row['per_class']:>10}"
+                     + ("" if c is None else f" {row['codec_exemplars']:>10} {row['codec_per_class']:>10}"))
+    if c is not None:
+        lines += ["", f"{c['codec']}: {c['mean_bytes']:,} B per exemplar on average ({c['raw_bytes'] / c['mean_bytes']:.1f}x "
+                      f"smaller than raw's {c['raw_bytes']:,} B), {c['source']}. Counts are the bytes over that mean; "
+                      "a run stores what fits in each class's share."]
     return "\n".join(lines)

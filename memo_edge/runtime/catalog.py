@@ -181,8 +181,8 @@ def add_version(conn: sqlite3.Connection, manifest: Manifest, exemplars: Exempla
     a commit that finds the current version changed under it, or its number taken, is refused.
     """
     text = manifest_text(manifest)
-    rows = ((manifest.version, int(l), int(r), int(t), sqlite3.Binary(img.tobytes()))
-            for l, r, t, img in zip(exemplars.labels, exemplars.ranks, tasks, exemplars.images))
+    rows = ((manifest.version, int(l), int(r), int(t), sqlite3.Binary(blob))  # as stored: encoded under a codec
+            for l, r, t, blob in zip(exemplars.labels, exemplars.ranks, tasks, exemplars.stored()))
     with transaction(conn):
         head = current_version(conn)
         if head != manifest.parent:

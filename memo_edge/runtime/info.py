@@ -23,8 +23,10 @@ def format_info(pkg: PackageVersion, check: PackageCheck | None = None) -> str:
         f"mean {[round(x, 4) for x in inp.mean]}, std {[round(x, 4) for x in inp.std]} (applied in the graphs)",
         "tasks: " + ", ".join(f"{t}: classes {a}-{e - 1}" for t, (a, e) in enumerate(m.task_classes)),
         f"budget: total {b.total_bytes:,} B ({_mib(b.total_bytes)}) = model {b.model_bytes:,} B + exemplar memory "
-        f"{b.total_bytes - b.model_bytes:,} B; stored {b.exemplars} exemplars ({b.exemplar_bytes:,} B, "
-        f"{b.per_class}/class at {b.bytes_per_exemplar:,} B each)",
+        f"{b.total_bytes - b.model_bytes:,} B; stored {b.exemplars} exemplars ({b.exemplar_bytes:,} B, " + (
+            f"{b.per_class}/class at {b.bytes_per_exemplar:,} B each)" if b.codec == "raw" else
+            f"at least {b.per_class}/class, {b.exemplar_bytes / max(b.exemplars, 1):,.0f} B each on average as {b.codec}; "
+            f"{b.bytes_per_exemplar:,} B raw)"),
     ]
     v = m.verification
     if v:

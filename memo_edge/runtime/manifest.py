@@ -16,6 +16,7 @@ from typing import Any
 
 from memo_edge.data.sources import eval_resize
 from memo_edge.errors import InputError
+from memo_edge.memory.codec import parse_codec
 
 __all__ = [
     "FORMAT_VERSION", "INT8_ROLE", "WEIGHTS_ROLE", "WEIGHTS_TRUNK", "WEIGHTS_BRANCH", "WEIGHTS_HEAD",
@@ -84,6 +85,10 @@ class Budget:
     bytes_per_exemplar: int
     exemplars: int
     per_class: int
+    # How the exemplar rows are stored (memo_edge.memory.codec); exemplar_bytes counts them so. Left
+    # out of raw manifests, which stay as older memo-edge versions wrote and read them.
+    codec: str = "raw"
+    codec_header: str = ""  # Codec.header_sha256 when written: this Pillow must rebuild the same tables
 
 
 @dataclass(frozen=True)
@@ -114,7 +119,11 @@ class Manifest:
         return sorted((f for f in self.files if f.role == "branch"), key=lambda f: f.task or 0)
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        data = asdict(self)
+        if self.budget.codec == "raw":
+            for key in ("codec", "codec_header"):
+                data["budget"].pop(key)
+        return data
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Manifest:
@@ -214,11 +223,21 @@ def manifest_problem(m: Manifest) -> str | None:
         return f"input.resize_to: {inp.resize_to} is below the {inp.height}x{inp.width} crop"
     if not all(s > 0 for s in inp.std):
         return f"input.std: {list(inp.std)} must be positive"
-    if any(not isinstance(v, int) or v < 0 for v in asdict(b).values()):
-        return f"budget: {asdict(b)} must be non-negative integers"
+    counts = {k: v for k, v in asdict(b).items() if k not in ("codec", "codec_header")}
+    if any(not isinstance(v, int) or v < 0 for v in counts.values()):
+        return f"budget: {counts} must be non-negative integers"
     if b.bytes_per_exemplar != inp.height * inp.width * inp.channels:
         return f"budget.bytes_per_exemplar: {b.bytes_per_exemplar}, but the input is {inp.height}x{inp.width}x{inp.channels}"
-    if b.exemplar_bytes != b.exemplars * b.bytes_per_exemplar:
+    try:
+        codec = parse_codec(b.codec)
+    except ValueError as exc:
+        return f"budget.codec: {exc}"
+    if codec.spec != b.codec:
+        return f"budget.codec: {b.codec!r} is not written as {codec.spec!r}"
+    if b.codec_header != codec.header_sha256(inp.channels):
+        return (f"budget.codec_header: this Pillow builds other {codec} tables than those the exemplars were "
+                f"written with ({b.codec_header[:16]!r})")
+    if codec.is_raw and b.exemplar_bytes != b.exemplars * b.bytes_per_exemplar:
         return f"budget.exemplar_bytes: {b.exemplar_bytes} for {b.exemplars} exemplars of {b.bytes_per_exemplar} B"
     if b.model_bytes + b.exemplar_bytes > b.total_bytes:
         return f"budget: model {b.model_bytes} B + exemplars {b.exemplar_bytes} B exceed the total {b.total_bytes} B"

@@ -25,7 +25,8 @@ from typing import Any
 
 import numpy as np
 
-from memo_edge.memory.exemplars import ExemplarSet
+from memo_edge.memory.codec import parse_codec
+from memo_edge.memory.exemplars import ExemplarDecodeError, ExemplarSet
 from memo_edge.runtime.catalog import (
     CATALOG,
     SCHEMA,
@@ -75,12 +76,17 @@ def store_file(root: Path, data: bytes, role: str, ext: str, task: int | None = 
 
 
 def exemplar_digest(exemplars: ExemplarSet, tasks: np.ndarray) -> str:
-    """sha256 over the exemplar rows in (label, rank) order, recorded in the manifest's budget check."""
+    """sha256 over the exemplar rows in (label, rank) order, recorded in the manifest's budget check.
+
+    Rows are hashed as stored: raw pixels, or their encoded form under a codec."""
+    return _rows_digest(exemplars.labels, exemplars.ranks, tasks, exemplars.stored())
+
+
+def _rows_digest(labels: np.ndarray, ranks: np.ndarray, tasks: np.ndarray, blobs: Sequence[bytes]) -> str:
     h = hashlib.sha256()
-    order = np.lexsort((exemplars.ranks, exemplars.labels))
-    for i in order:
-        h.update(struct.pack("<qqq", int(exemplars.labels[i]), int(exemplars.ranks[i]), int(tasks[i])))
-        h.update(exemplars.images[i].tobytes())
+    for i in np.lexsort((ranks, labels)):
+        h.update(struct.pack("<qqq", int(labels[i]), int(ranks[i]), int(tasks[i])))
+        h.update(blobs[i])
     return h.hexdigest()
 
 
@@ -139,21 +145,28 @@ class PackageVersion:
             rows = conn.execute("SELECT label, rank, task, image FROM exemplars WHERE version = ? ORDER BY label, rank",
                                 (self.manifest.version,)).fetchall()
         shape = self.manifest.input.shape
+        try:
+            codec = parse_codec(self.manifest.budget.codec)
+        except ValueError as exc:  # manifests are checked when read; this is for one built by hand
+            raise PackageError(f"{self.root / CATALOG}: version {self.manifest.version}: {exc}") from None
         if not rows:
-            exemplars, tasks = ExemplarSet.empty(shape), np.zeros(0, np.int64)
+            exemplars, tasks = ExemplarSet.empty(shape, codec), np.zeros(0, np.int64)
             if exemplar_digest(exemplars, tasks) != self.manifest.exemplars_sha256:
                 raise PackageError(f"{self.root / CATALOG}: exemplars of version {self.manifest.version} are missing")
             return exemplars, tasks
         labels, ranks, tasks = (np.array([r[i] for r in rows], np.int64) for i in range(3))
+        blobs = [bytes(r[3]) for r in rows]
+        digest = _rows_digest(labels, ranks, tasks, blobs)
+        problem = ""
         try:
-            images = np.stack([np.frombuffer(r[3], np.uint8).reshape(shape) for r in rows])
-        except ValueError:
-            raise PackageError(f"{self.root / CATALOG}: an exemplar image does not have the input shape {shape}") from None
-        exemplars = ExemplarSet(images, labels, ranks)
-        digest = exemplar_digest(exemplars, tasks)
-        if digest != self.manifest.exemplars_sha256:
+            exemplars = ExemplarSet.from_stored(blobs, labels, ranks, codec, shape)
+        except ExemplarDecodeError as exc:  # names the row; a damaged one that still decodes fails the digest
+            names = self.manifest.class_names
+            name = f"class {names[exc.label]!r}" if 0 <= exc.label < len(names) else f"label {exc.label}"
+            problem = f"; exemplar {exc.rank} of {name} does not decode as {codec}: {exc.problem}"
+        if digest != self.manifest.exemplars_sha256 or problem:
             raise PackageError(f"{self.root / CATALOG}: exemplars of version {self.manifest.version} are damaged "
-                               f"(sha256 {digest[:16]}..., expected {self.manifest.exemplars_sha256[:16]}...)")
+                               f"(sha256 {digest[:16]}..., expected {self.manifest.exemplars_sha256[:16]}...){problem}")
         return exemplars, tasks
 
 

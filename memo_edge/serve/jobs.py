@@ -48,10 +48,11 @@ class UpdateOptions:
     train_base: bool = False
     int8: bool | None = None  # None: as the package has it
     precision: str = "fp32"
+    codec_mix: float = 0.0  # probability of seeing a new image through the package's lossy exemplar codec
 
     @classmethod
     def from_query(cls, params: Mapping[str, str]) -> UpdateOptions:
-        accepted = ("epochs", "batch_size", "schedule", "seed", "train_base", "int8", "precision")
+        accepted = ("epochs", "batch_size", "schedule", "seed", "train_base", "int8", "precision", "codec_mix")
         unknown = sorted(set(params) - set(accepted))
         if unknown:
             raise RequestError(400, f"unknown parameter {unknown[0]!r}; accepted: {', '.join(accepted)}")
@@ -65,14 +66,20 @@ class UpdateOptions:
         precision = params.get("precision", d.precision)
         if precision not in ("fp32", "bf16", "fp16", "auto"):
             raise RequestError(400, f"precision={precision!r}: expected fp32, bf16, fp16 or auto")
+        try:
+            codec_mix = float(params.get("codec_mix", d.codec_mix))
+        except ValueError:
+            codec_mix = -1.0
+        if not 0.0 <= codec_mix <= 1.0:
+            raise RequestError(400, f"codec_mix={params.get('codec_mix')!r}: expected a probability from 0 to 1")
         return cls(epochs, batch_size, schedule, seed, bool(_flag(params, "train_base")), _flag(params, "int8"),
-                   precision)
+                   precision, codec_mix)
 
     def args(self) -> list[str]:
         int8 = [] if self.int8 is None else ["--int8" if self.int8 else "--no-int8"]
         return ["--epochs", str(self.epochs), "--batch-size", str(self.batch_size), "--schedule", self.schedule,
                 "--seed", str(self.seed), "--train-base" if self.train_base else "--freeze-base", *int8,
-                "--precision", self.precision]
+                "--precision", self.precision, "--codec-mix", repr(self.codec_mix)]
 
 
 def _flag(params: Mapping[str, str], name: str) -> bool | None:

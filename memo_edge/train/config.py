@@ -30,6 +30,9 @@ class TrainConfig:
     train_base: bool | None = None  # None: the reference default for the scenario
     memory: str = "2000"  # total exemplars, or "aligned"
     memory_per_class: int | None = None
+    memory_bytes: int | None = None  # exemplar bytes shared by all seen classes, instead of --memory's count
+    exemplar_codec: str = "raw"  # how exemplars are stored and counted (memo_edge.memory.codec)
+    codec_mix: float = 0.0  # probability that a new training image is its round trip through the codec
     device: str | None = None  # None: cuda when available, else cpu
     precision: str = "fp32"  # fp32, bf16, fp16 (CUDA) or auto (memo_edge.train.precision); results.json has the resolved one
     stack_frozen: bool = False  # train with the frozen old branches as one grouped network (model/frozen.py)

@@ -36,6 +36,9 @@ class TaskRecord:
     final_loss: float
     align_gamma: float
     world_size: int = 1  # processes that trained the task (a resumed run may use another number)
+    class_bytes: int | None = None  # stored bytes per class the memory rule allowed (None: runs before codecs)
+    codec: str = "raw"  # how the exemplars are stored; exemplar_bytes counts them so
+    codec_seconds: float = 0.0  # encoding and decoding the task's images under the codec
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)

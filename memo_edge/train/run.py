@@ -23,6 +23,7 @@ from memo_edge.data.datasets import Dataset, dataset_dirs
 from memo_edge.data.scenario import Scenario, build_scenario, ordered_class_names, remap, task_subset
 from memo_edge.errors import InputError
 from memo_edge.memory.alignment import exemplar_bytes
+from memo_edge.memory.codec import RAW, Codec, parse_codec
 from memo_edge.memory.exemplars import ExemplarSet
 from memo_edge.memory.policy import MemoryPolicy
 from memo_edge.model import MemoNet, backbone_names, split_parameter_counts
@@ -64,11 +65,16 @@ class RunSetup:
     train_base: bool
     device: torch.device
     precision: str = "fp32"  # resolved: fp32, bf16 or fp16
+    codec: Codec = RAW  # how the exemplars are stored and counted
 
 
-def resolve_memory(config: TrainConfig, scenario: Scenario, bytes_per_exemplar: int) -> MemoryPolicy:
+def resolve_memory(config: TrainConfig, scenario: Scenario, bytes_per_exemplar: int, codec: Codec = RAW) -> MemoryPolicy:
+    if config.memory_per_class is not None and config.memory_bytes is not None:
+        raise InputError("give --memory-per-class or --memory-bytes, not both")
     if config.memory_per_class is not None:
         policy = MemoryPolicy("per_class", config.memory_per_class)
+    elif config.memory_bytes is not None:
+        policy = MemoryPolicy("exemplar_bytes", config.memory_bytes)
     elif config.memory.strip().lower() == "aligned":
         # The method's share of the DER-aligned budget for this scenario (CIFAR-100 B0Inc10:
         # MEMO 3312, DER 2000, single backbone 7431).
@@ -81,6 +87,8 @@ def resolve_memory(config: TrainConfig, scenario: Scenario, bytes_per_exemplar: 
         except ValueError:
             raise InputError(f"--memory must be a number of exemplars or 'aligned', got {config.memory!r}") from None
     final = policy.per_class(scenario.num_classes, model_bytes=0, bytes_per_exemplar=bytes_per_exemplar)
+    if not codec.is_raw:  # how many a share holds is only known once images are encoded (train/task.py checks)
+        final = policy.class_bytes(scenario.num_classes, model_bytes=0, bytes_per_exemplar=bytes_per_exemplar)
     if final < 1:
         raise InputError(
             f"memory budget too small: {policy.describe()} leaves less than one exemplar per class "
@@ -106,14 +114,21 @@ def prepare(config: TrainConfig) -> RunSetup:
                          "it must be at least the number of processes")
     device = world.device_for(select_device(config.device))
     precision = resolve_precision(config.precision, device)
+    try:
+        codec = parse_codec(config.exemplar_codec)
+    except ValueError as exc:
+        raise InputError(f"--exemplar-codec: {exc}") from None
+    if not 0.0 <= config.codec_mix <= 1.0:
+        raise InputError(f"--codec-mix must be a probability in [0, 1], got {config.codec_mix}")
     dataset, order = load_run_data(config)
     spec = config.scenario or default_scenario(config.dataset)
     scenario = build_scenario(spec, dataset.num_classes, class_order=order)
-    memory = resolve_memory(config, scenario, exemplar_bytes(dataset.image_shape))
+    memory = resolve_memory(config, scenario, exemplar_bytes(dataset.image_shape), codec)
     train_base = config.train_base
     if train_base is None:
         train_base = default_train_base(scenario.task_sizes[0], scenario.num_classes)
-    return RunSetup(replace(config, scenario=spec), dataset, scenario, memory, train_base, device, precision)
+    return RunSetup(replace(config, scenario=spec, exemplar_codec=codec.spec), dataset, scenario, memory, train_base,
+                    device, precision, codec)
 
 
 def _check_run_dir(out: Path, config: TrainConfig) -> None:
@@ -165,7 +180,8 @@ def _header(setup: RunSetup) -> dict[str, Any]:
         "config": cfg.to_json(),
         "scenario": scenario.to_json(),
         "class_names": list(ordered_class_names(setup.dataset, scenario)),
-        "memory": {**setup.memory.to_json(), "bytes_per_exemplar": exemplar_bytes(setup.dataset.image_shape)},
+        "memory": {**setup.memory.to_json(), "bytes_per_exemplar": exemplar_bytes(setup.dataset.image_shape),
+                   "codec": setup.codec.spec},
         "image_shape": list(setup.dataset.image_shape),
         "augment": setup.dataset.augment,
         "normalization": {"mean": list(setup.dataset.mean), "std": list(setup.dataset.std)},
@@ -248,6 +264,9 @@ def _train(setup: RunSetup, *, resume: bool, force: bool, on_task: TaskCallback 
     if done:
         ckpt = load_checkpoint(out, done - 1, state=states[-1])
         model, exemplars = ckpt.model, ckpt.exemplars
+        if exemplars.codec != setup.codec:
+            raise InputError(f"cannot resume {out}: its exemplars are stored as {exemplars.codec}, the run's codec is "
+                             f"{setup.codec}")
         records = [TaskRecord.from_json(state["record"]) for state in states]
         set_rng_state(ckpt.state["rng"], generator)
         log.info("resuming %s after task %d of %d", out, done - 1, setup.scenario.num_tasks)
@@ -256,7 +275,7 @@ def _train(setup: RunSetup, *, resume: bool, force: bool, on_task: TaskCallback 
         generator.manual_seed(setup.config.seed)
         method = get_method(setup.config.method)
         model = MemoNet(setup.config.backbone, split=method.resolved_split(setup.config.split), grow=method.grow)
-        exemplars = ExemplarSet.empty(setup.dataset.image_shape)
+        exemplars = ExemplarSet.empty(setup.dataset.image_shape, setup.codec)
         records = []
 
     results = {}
@@ -294,7 +313,7 @@ def _run_task(
         num_new=scenario.task_sizes[task], recipe=recipe, train_base=setup.train_base, memory=setup.memory,
         transforms=transforms, device=setup.device, generator=generator,
         desc=f"task {task + 1}/{scenario.num_tasks}", precision=setup.precision,
-        stack_frozen=cfg.stack_frozen,
+        stack_frozen=cfg.stack_frozen, codec_mix=cfg.codec_mix,
     )
     metrics = evaluate(model, task_subset(test_set, scenario, task, seen=True), result.class_means, task=task,
                        boundaries=scenario.boundaries()[: task + 1], transform=transforms.test, device=setup.device,
@@ -312,5 +331,8 @@ def _run_task(
         final_loss=result.final_loss,
         align_gamma=result.align_gamma,
         world_size=current_world().size,
+        class_bytes=result.class_bytes,
+        codec=setup.codec.spec,
+        codec_seconds=result.codec_seconds,
     )
     return model, result.exemplars, record

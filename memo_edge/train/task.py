@@ -20,9 +20,11 @@ from tqdm.auto import tqdm
 from memo_edge.data.sources import ArraySource, ImageSource, concat_sources
 from memo_edge.errors import MemoEdgeError
 from memo_edge.memory.alignment import exemplar_bytes
+from memo_edge.memory.codec import Codec
 from memo_edge.memory.exemplars import ExemplarSet, select_exemplars
 from memo_edge.memory.policy import MemoryPolicy
 from memo_edge.model import MemoNet
+from memo_edge.train.codec_mix import CodecMix
 from memo_edge.train.distributed import World, all_sum, current_world, end_training, shard_batch, wrap_for_training
 from memo_edge.train.features import class_means, extract
 from memo_edge.train.precision import autocast, make_scaler, to_memory_format, use_channels_last
@@ -46,8 +48,10 @@ class TaskResult:
     align_gamma: float
     final_loss: float
     images_per_second: float
-    per_class: int
+    per_class: int  # raw exemplars per class the memory rule allows (the share over H x W x C bytes)
     step_losses: tuple[float, ...] = ()  # mean loss of each global batch, all epochs in order
+    class_bytes: int = 0  # stored bytes per class the memory rule allows
+    codec_seconds: float = 0.0  # encoding and decoding the new task's images under the exemplar codec
 
 
 def learn_task(
@@ -67,6 +71,7 @@ def learn_task(
     precision: str = "fp32",
     channels_last: bool | None = None,
     stack_frozen: bool = False,
+    codec_mix: float = 0.0,
 ) -> TaskResult:
     """Run one MEMO task on ``new_data`` (labels already in the incremental label space).
 
@@ -79,16 +84,29 @@ def learn_task(
     ``stack_frozen``: the frozen old branches train as one grouped network (``MemoNet.stack_frozen_branches``:
     faster, equal up to float rounding); herding and evaluation use the plain modules.
 
+    The exemplars' codec (``exemplars.codec``) is the memory's: new exemplars are chosen among the new
+    images as they decode under it, and each class keeps what fits in its byte share
+    (``MemoryPolicy.class_bytes``). ``codec_mix``: the probability, redrawn every epoch, that a new
+    training image is its round trip through a lossy codec (``train/codec_mix.py``).
+
     In a process group (``memo_edge.train.distributed``) every process calls this with the same
     arguments: each trains on its share of every batch, and all end with the same model and exemplars.
     """
+    codec = exemplars.codec
+    start = time.perf_counter()
+    images = new_data.take(np.arange(len(new_data)))  # herding needs them all, a codec round trip too
+    seen_images, encoded = (images, None) if codec.is_raw else codec.round_trip(images)
+    codec_seconds = 0.0 if codec.is_raw else time.perf_counter() - start
+    train_new: ImageSource = new_data
+    if codec_mix > 0 and codec.lossy:
+        train_new = CodecMix(images, seen_images, new_data.labels, codec_mix)
     model.expand(num_new)
     model.to(device)
     if model.num_tasks > 1:
         model.freeze_old_branches()  # nothing to freeze for a single-backbone model
         if not train_base:
             model.freeze_trunk()
-    data = concat_sources([new_data, ArraySource(exemplars.images, exemplars.labels)]) if len(exemplars) else new_data
+    data = concat_sources([train_new, ArraySource(exemplars.images, exemplars.labels)]) if len(exemplars) else train_new
     nhwc = use_channels_last(precision, device) if channels_last is None else channels_last
     if stack_frozen and model.num_branches > 1 and not model.stack_frozen_branches():
         log.debug("%s: these branches cannot be stacked; the plain path trains", desc)
@@ -96,24 +114,38 @@ def learn_task(
         to_memory_format(model, True)
     try:
         loss, speed, steps = _train(model, data, recipe, transforms.train, device, generator, desc, on_epoch,
-                                    precision=precision, channels_last=nhwc)
+                                    precision=precision, channels_last=nhwc,
+                                    mix=train_new if isinstance(train_new, CodecMix) else None)
     finally:
         model.unstack_frozen_branches()
         if nhwc:  # checkpoints, export and the device want plain contiguous tensors
             to_memory_format(model, False)
     gamma = model.weight_align()
 
-    per_class = memory.per_class(
-        model.num_classes, model_bytes=model.model_bytes(), bytes_per_exemplar=exemplar_bytes(new_data.image_shape)
-    )
-    kept = exemplars.reduce(per_class)
-    new_features, _ = extract(model, new_data, transforms.test, device, precision=precision)
-    images = new_data.take(np.arange(len(new_data)))
-    updated = kept.extend(select_exemplars(images, new_data.labels, new_features, per_class))
+    raw = exemplar_bytes(new_data.image_shape)
+    per_class = memory.per_class(model.num_classes, model_bytes=model.model_bytes(), bytes_per_exemplar=raw)
+    share = memory.class_bytes(model.num_classes, model_bytes=model.model_bytes(), bytes_per_exemplar=raw)
+    kept = exemplars.fit(share)
+    new_view = new_data if codec.is_raw else ArraySource(seen_images, new_data.labels)
+    new_features, _ = extract(model, new_view, transforms.test, device, precision=precision)
+    selected = select_exemplars(seen_images, new_data.labels, new_features, class_bytes=share, encoded=encoded,
+                                codec=codec)
+    updated = kept.extend(selected)
+    if not codec.is_raw:
+        _check_every_class_kept(updated, model.num_classes, share, codec)
     # Prototypes of every seen class come from the current model (old classes' features moved too).
     feats, _ = extract(model, ArraySource(updated.images, updated.labels), transforms.test, device, precision=precision)
     means = class_means(feats, updated.labels, model.num_classes)
-    return TaskResult(updated, means, gamma, loss, speed, per_class, steps)
+    return TaskResult(updated, means, gamma, loss, speed, per_class, steps, share, round(codec_seconds, 3))
+
+
+def _check_every_class_kept(exemplars: ExemplarSet, num_classes: int, share: int, codec: Codec) -> None:
+    """Under a codec a stored image can be larger than raw (PNG of noise, JPEG at quality 100): a class
+    whose share cannot hold its first exemplar is an error, not a class with no prototype."""
+    missing = sorted(set(range(num_classes)) - set(exemplars.classes().tolist()))
+    if missing:
+        raise MemoEdgeError(f"class {missing[0]} keeps no exemplar: its share of {share:,} B cannot hold its first "
+                            f"exemplar under {codec}; raise the memory or choose a smaller codec")
 
 
 def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: Tensor, y: Tensor, known: int,
@@ -166,10 +198,12 @@ def _train(
     *,
     precision: str = "fp32",
     channels_last: bool = False,
+    mix: CodecMix | None = None,
 ) -> tuple[float, float, tuple[float, ...]]:
     """Train for ``recipe.epochs``; returns (mean loss of the last epoch, images per second, step losses).
 
     In a distributed run every process walks the same global batches and trains on its share of each.
+    ``mix``: the part of ``data`` whose codec round trips are redrawn before every epoch.
     """
     world = current_world()
     if min(len(data), recipe.batch_size) < world.size:
@@ -181,13 +215,15 @@ def _train(
     scheduler = build_scheduler(optimizer, recipe)
     step = _Step(known=model.known_classes, world=world, precision=precision, scaler=make_scaler(precision, device),
                  memory_format=torch.channels_last if channels_last else torch.contiguous_format,
-                 resident=_resident(data, device, world))
+                 resident=None if mix is not None else _resident(data, device, world))
     seen, elapsed, loss_mean, steps = 0, 0.0, float("nan"), []
     succeeded = False
     try:
         for epoch in range(recipe.epochs):
             net.train()
             start = time.perf_counter()
+            if mix is not None:
+                mix.redraw(generator)
             order_t = torch.randperm(len(data), generator=generator)
             order = order_t.numpy()
             batches = _batches(order, recipe.batch_size, world.size)

@@ -1,0 +1,155 @@
+"""Exemplar codecs: the form an exemplar is stored in, and so what it costs in the byte budget.
+
+``raw`` (the default, the paper's 3,072 B per CIFAR image), ``png`` (lossless), ``jpeg:Q`` and
+``webp:Q`` (lossy, quality 1-100), all with Pillow's encoders. A lossy exemplar is used as it decodes,
+so herding, training and NME see what the memory really holds.
+
+``jpeg:Q`` stores *abbreviated* JPEG streams: the quantization and Huffman tables (574 B, the same for
+every image at a given quality) are left out of each exemplar and rebuilt from the codec spec when it
+decodes. At 32x32 those tables would be more than half of every file. ``header_sha256`` fingerprints
+them; stores record it, so a Pillow whose JPEG library builds other tables is refused, not misread.
+Torch-free.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import io
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = ["Codec", "CodecError", "RAW", "parse_codec", "CODEC_HELP"]
+
+CODEC_HELP = "raw, png, jpeg:Q or webp:Q (quality 1-100)"
+_SPEC = re.compile(r"^(raw|png|jpeg|webp)(?::(\d{1,3}))?$")
+_PIL_FORMAT = {"png": "PNG", "jpeg": "JPEG", "webp": "WEBP"}
+_SOI, _EOI = b"\xff\xd8", b"\xff\xd9"
+
+
+class CodecError(ValueError):
+    """A stored exemplar that does not decode to an image of the expected shape."""
+
+
+@dataclass(frozen=True)
+class Codec:
+    name: str  # raw, png, jpeg or webp
+    quality: int | None = None  # jpeg and webp only
+
+    @property
+    def spec(self) -> str:
+        return self.name if self.quality is None else f"{self.name}:{self.quality}"
+
+    @property
+    def is_raw(self) -> bool:
+        return self.name == "raw"
+
+    @property
+    def lossy(self) -> bool:
+        return self.name in ("jpeg", "webp")
+
+    def __str__(self) -> str:
+        return self.spec
+
+    def header_sha256(self, channels: int) -> str:
+        """Fingerprint of what decoding adds to every stored exemplar ('' when nothing)."""
+        header = _jpeg_tables(self.quality, channels) if self.name == "jpeg" else b""
+        return hashlib.sha256(header).hexdigest() if header else ""
+
+    def encode(self, image: np.ndarray) -> bytes:
+        """One uint8 [H, W, C] image in this codec's stored form."""
+        if self.is_raw:
+            return np.ascontiguousarray(image).tobytes()
+        from PIL import Image
+
+        buf = io.BytesIO()
+        pil = Image.fromarray(_pil_array(image))
+        if self.name == "png":
+            pil.save(buf, format="PNG")
+        elif self.name == "jpeg":
+            pil.save(buf, format="JPEG", quality=self.quality, streamtype=2)  # 2: image only, no tables
+        else:
+            pil.save(buf, format="WEBP", quality=self.quality, method=6)
+        data = buf.getvalue()
+        return data[len(_SOI):] if self.name == "jpeg" else data  # every stream starts with SOI: not stored
+
+    def decode(self, data: bytes, shape: tuple[int, int, int]) -> np.ndarray:
+        """A stored exemplar back as a uint8 [H, W, C] image; CodecError if it is not one of ``shape``."""
+        h, w, c = shape
+        if self.is_raw:
+            if len(data) != h * w * c:
+                raise CodecError(f"{len(data)} bytes, expected {h * w * c} for a raw {h}x{w}x{c} image")
+            return np.frombuffer(data, np.uint8).reshape(shape).copy()
+        from PIL import Image
+
+        if self.name == "jpeg":
+            data = _jpeg_tables(self.quality, c)[: -len(_EOI)] + data
+        try:
+            with Image.open(io.BytesIO(data), formats=[_PIL_FORMAT[self.name]]) as pil:
+                pil = pil.convert("L" if c == 1 else "RGB")
+                array = np.asarray(pil, dtype=np.uint8)
+        except (OSError, ValueError, SyntaxError) as exc:  # what Pillow raises on damaged data
+            raise CodecError(f"not a {self.spec} image ({type(exc).__name__}: {exc})") from None
+        array = array.reshape(array.shape[0], array.shape[1], c)
+        if array.shape != (h, w, c):
+            raise CodecError(f"decodes to {array.shape}, expected {(h, w, c)}")
+        return array
+
+    def encode_many(self, images: np.ndarray) -> list[bytes]:
+        return [self.encode(image) for image in images]
+
+    def decode_many(self, blobs: Sequence[bytes], shape: tuple[int, int, int]) -> np.ndarray:
+        if self.is_raw:  # one copy instead of one per image
+            joined = b"".join(blobs)
+            if len(joined) != len(blobs) * int(np.prod(shape)):
+                for blob in blobs:
+                    self.decode(blob, shape)  # names the first bad one
+            return np.frombuffer(joined, np.uint8).reshape(len(blobs), *shape).copy()
+        out = np.empty((len(blobs), *shape), np.uint8)
+        for i, blob in enumerate(blobs):
+            out[i] = self.decode(blob, shape)
+        return out
+
+    def round_trip(self, images: np.ndarray) -> tuple[np.ndarray, list[bytes]]:
+        """(the images as this codec gives them back, their stored form); lossless ones come back as given."""
+        blobs = self.encode_many(images)
+        return (self.decode_many(blobs, images.shape[1:]) if self.lossy else np.asarray(images)), blobs
+
+
+RAW = Codec("raw")
+
+
+def parse_codec(spec: str) -> Codec:
+    """``raw``, ``png``, ``jpeg:Q`` or ``webp:Q``; a ValueError says what is accepted."""
+    match = _SPEC.match(str(spec).strip().lower())
+    if match is None:
+        raise ValueError(f"unknown exemplar codec {spec!r}; choose {CODEC_HELP}")
+    name, quality = match.group(1), match.group(2)
+    if name in ("jpeg", "webp"):
+        if quality is None or not 1 <= int(quality) <= 100:
+            raise ValueError(f"exemplar codec {spec!r}: {name} needs a quality from 1 to 100, e.g. {name}:75")
+        return Codec(name, int(quality))
+    if quality is not None:
+        raise ValueError(f"exemplar codec {spec!r}: {name} takes no quality")
+    return Codec(name)
+
+
+@functools.lru_cache(maxsize=32)
+def _jpeg_tables(quality: int | None, channels: int) -> bytes:
+    """The tables-only JPEG stream libjpeg writes at ``quality`` (SOI, DQT, DHT, EOI)."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(_pil_array(np.zeros((8, 8, channels), np.uint8))).save(
+        buf, format="JPEG", quality=quality, streamtype=1)
+    return buf.getvalue()
+
+
+def _pil_array(image: np.ndarray) -> np.ndarray:
+    image = np.asarray(image)
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] not in (1, 3):
+        raise ValueError(f"an exemplar codec takes uint8 [H, W, 1 or 3] images, got {image.dtype} {image.shape}")
+    return image[:, :, 0] if image.shape[2] == 1 else image
