@@ -12,8 +12,10 @@ CIFAR-sized batches:
 - PyTorch eager: ``model.eval()`` under ``torch.inference_mode()``, the same uint8 batch through
   the export's ``Preprocess`` (the same arithmetic), logits back as numpy.
 
-Latency at batch 1 (p50/p95 of the timed calls) and throughput at batch 64 (images / total time),
-after warm-up calls. Then the peak RSS of a torch-free predicting process, per precision: a fresh
+Latency at batch 1 (p50/p95 of the timed calls) and throughput at batch 64 (64 / the median call),
+after warm-up calls. The three are timed interleaved: ``--rounds`` rounds, each a block of calls of every
+one in turn (order reversed every other round), so a load that comes and goes on a shared machine
+hits them alike; the 1-minute load average is recorded. Then the peak RSS of a torch-free predicting process, per precision: a fresh
 Python that imports only ``memo_edge.runtime``, opens the T=10 package and predicts one batch of 64 (its own
 peak: VmHWM, since ``ru_maxrss`` would carry over this torch process's peak through fork/exec).
 Thread counts are left at their defaults and reported.
@@ -44,10 +46,12 @@ from memo_edge.model import MemoNet
 from memo_edge.runtime.backends import create_backend
 from memo_edge.runtime.package import InputSpec, PackageVersion, open_package
 
-from _report import cpu_name, timings, write_section  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+from _report import cpu_name, load_average, timings, write_section  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 CIFAR = InputSpec(32, 32, 3, (0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761))
 TARGETS = {"speedup_b1": 3.0, "speedup_b64": 1.5, "rss_mb": 200.0}  # at T = 10, from the runtime issue
+MS_PER_IMAGE = {"ort": 2.2, "int8": 0.8}  # batch 64 at T = 10, issue 13
+ORT_DEFAULTS = "ORT_ENABLE_ALL, intra-op threads at ONNX Runtime's default, spinning on for the full graph"
 
 RSS_CODE = """
 import json, sys
@@ -96,11 +100,17 @@ def measure(tasks: int, workdir: Path, args: argparse.Namespace) -> dict[str, fl
     many = rng.integers(0, 256, (64, *CIFAR.shape), dtype=np.uint8)
     assert np.allclose(ort(many), eager(many), atol=1e-3), "ORT and eager disagree"
     row: dict[str, float] = {"tasks": tasks}
-    for name, fn in (("ort", ort), ("int8", ort_int8), ("eager", eager)):  # one after the other, never interleaved
-        b1 = timings(fn, one, args.iterations, args.warmup) * 1e3
-        b64 = timings(fn, many, args.iterations_64, args.warmup)
-        row |= {f"{name}_b1_p50": float(np.percentile(b1, 50)), f"{name}_b1_p95": float(np.percentile(b1, 95)),
-                f"{name}_b64_ips": 64 * len(b64) / float(b64.sum())}
+    fns = [("ort", ort), ("int8", ort_int8), ("eager", eager)]
+    b1: dict[str, list[np.ndarray]] = {name: [] for name, _ in fns}
+    b64: dict[str, list[np.ndarray]] = {name: [] for name, _ in fns}
+    for r in range(args.rounds):  # interleaved: A B C C B A A B C ...
+        for name, fn in (fns if r % 2 == 0 else fns[::-1]):
+            b1[name].append(timings(fn, one, max(1, args.iterations // args.rounds), args.warmup) * 1e3)
+            b64[name].append(timings(fn, many, max(1, args.iterations_64 // args.rounds), args.warmup))
+    for name, _ in fns:
+        one_ms, many_s = np.concatenate(b1[name]), np.concatenate(b64[name])
+        row |= {f"{name}_b1_p50": float(np.percentile(one_ms, 50)), f"{name}_b1_p95": float(np.percentile(one_ms, 95)),
+                f"{name}_b64_ips": 64 / float(np.median(many_s))}
     return row
 
 
@@ -145,13 +155,17 @@ def to_markdown(rows: list[dict[str, float]], rss: dict[str, float], args: argpa
         f"`create_backend(\"ort-cpu\", package, precision=...).logits` (full graph: fp32 = full.onnx, int8 = "
         f"full-int8.onnx from `export --int8`), eager = `MemoNet` (float32) in eval mode under "
         f"`torch.inference_mode()`; random weights (speed only; int8 accuracy: the int8 section below); "
-        f"{args.warmup} warm-up calls, then {args.iterations} timed calls at batch 1 and {args.iterations_64} at batch 64",
+        f"{args.rounds} interleaved rounds, each of {args.warmup} warm-up calls then {args.iterations // args.rounds} "
+        f"timed calls at batch 1 and {args.iterations_64 // args.rounds} at batch 64 of each; batch-64 images/s = 64 / "
+        f"the median call; ORT sessions with ort-cpu's defaults ({ORT_DEFAULTS}); 1-minute load average at the start "
+        f"of each T: {', '.join(args.loads)}, at the end: {load_average()}",
         f"- command: `.venv/bin/python benchmarks/runtime_speed.py --iterations {args.iterations} "
-        f"--iterations-64 {args.iterations_64} --write {args.write}`",
+        f"--iterations-64 {args.iterations_64} --rounds {args.rounds}" + (f" --write {args.write}`" if args.write else "`"),
         "",
         "| tasks | eager b1 p50 / p95 (ms) | ORT fp32 b1 p50 / p95 (ms) | ORT int8 b1 p50 / p95 (ms) | speed-up b1 fp32 / int8 "
-        "| eager b64 (img/s) | ORT fp32 b64 (img/s) | ORT int8 b64 (img/s) | speed-up b64 fp32 / int8 |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| eager b64 (img/s) | ORT fp32 b64 (img/s) | ORT int8 b64 (img/s) | ORT b64 fp32 / int8 (ms/img) "
+        "| speed-up b64 fp32 / int8 |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         b1 = [r["eager_b1_p50"] / r[f"{k}_b1_p50"] for k in ("ort", "int8")]
@@ -159,7 +173,8 @@ def to_markdown(rows: list[dict[str, float]], rss: dict[str, float], args: argpa
         lines.append(
             f"| {r['tasks']} | {r['eager_b1_p50']:.2f} / {r['eager_b1_p95']:.2f} | {r['ort_b1_p50']:.2f} / "
             f"{r['ort_b1_p95']:.2f} | {r['int8_b1_p50']:.2f} / {r['int8_b1_p95']:.2f} | {b1[0]:.2f}x / {b1[1]:.2f}x | "
-            f"{r['eager_b64_ips']:.0f} | {r['ort_b64_ips']:.0f} | {r['int8_b64_ips']:.0f} | {b64[0]:.2f}x / {b64[1]:.2f}x |")
+            f"{r['eager_b64_ips']:.0f} | {r['ort_b64_ips']:.0f} | {r['int8_b64_ips']:.0f} | "
+            f"{1e3 / r['ort_b64_ips']:.2f} / {1e3 / r['int8_b64_ips']:.2f} | {b64[0]:.2f}x / {b64[1]:.2f}x |")
     lines += [
         "",
         f"Peak RSS of a torch-free process that opens the T={last['tasks']} package and predicts a batch of 64 "
@@ -171,7 +186,9 @@ def to_markdown(rows: list[dict[str, float]], rss: dict[str, float], args: argpa
         lines.append(
             f"- ORT {label}: >= 3x eager at batch 1: {verdict(last['eager_b1_p50'] / last[f'{key}_b1_p50'], TARGETS['speedup_b1'])}; "
             f">= 1.5x at batch 64: {verdict(last[f'{key}_b64_ips'] / last['eager_b64_ips'], TARGETS['speedup_b64'])}; "
-            f"predict process < 200 MiB: {verdict(rss[label], TARGETS['rss_mb'], below=True)}.")
+            f"predict process < 200 MiB: {verdict(rss[label], TARGETS['rss_mb'], below=True)}; "
+            f"batch 64 <= {MS_PER_IMAGE[key]} ms/img (issue 13): "
+            f"{verdict(1e3 / last[f'{key}_b64_ips'], MS_PER_IMAGE[key] + 1e-9, below=True)}.")
     return "\n".join(lines) + "\n"
 
 
@@ -180,11 +197,15 @@ def main() -> None:
     parser.add_argument("--tasks", default="1,5,10")
     parser.add_argument("--iterations", type=int, default=100, help="timed calls at batch 1")
     parser.add_argument("--iterations-64", type=int, default=20, help="timed calls at batch 64")
-    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=2, help="untimed calls before each block")
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds over eager, ORT fp32 and ORT int8")
     parser.add_argument("--write", type=Path, help="Markdown file whose section to replace, e.g. docs/benchmarks.md")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="memo-runtime-speed-") as tmp:
-        rows = [measure(int(t), Path(tmp), args) for t in args.tasks.split(",")]
+        args.loads, rows = [], []
+        for t in args.tasks.split(","):
+            args.loads.append(load_average())
+            rows.append(measure(int(t), Path(tmp), args))
         last = Path(tmp) / f"pkg-T{rows[-1]['tasks']}"
         rss = {precision: predict_rss(last, precision) for precision in ("fp32", "int8")}
     section = to_markdown(rows, rss, args)

@@ -148,3 +148,106 @@ def test_int8_prediction_does_not_import_torch(package: Path) -> None:
         "assert 'torch' not in sys.modules, 'torch was imported'\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# How the int8 graph is made: the shortcut rewrite and the quantization options
+
+
+def _resnet8_full_graph(tasks: int = 2) -> bytes:
+    import torch
+
+    from memo_edge.export.graphs import full_graph
+    from memo_edge.model import MemoNet
+
+    torch.manual_seed(0)
+    model = MemoNet("resnet8")
+    for _ in range(tasks):
+        model.expand(3)
+    return full_graph(model.eval(), (0.5, 0.4, 0.3), (0.25, 0.2, 0.3), (32, 32, 3)).data
+
+
+def _logits(data: bytes, images: np.ndarray, *, optimize: bool = True) -> np.ndarray:
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    if not optimize:  # the graph's own arithmetic, not ONNX Runtime's fusions of it
+        options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_DISABLE_ALL
+    session = onnxruntime.InferenceSession(data, sess_options=options, providers=["CPUExecutionProvider"])
+    return session.run(None, {"image": images})[0]
+
+
+def test_option_a_shortcuts_become_exact_1x1_convolutions() -> None:
+    from memo_edge.export.quantize import shortcuts_as_convs
+
+    data = _resnet8_full_graph()
+    model = onnx.load_from_string(data)
+    before_ops = [n.op_type for n in model.graph.node]
+    # resnet8: one downsampling block in the trunk's last stage and one per branch (2 tasks)
+    assert shortcuts_as_convs(model) == 3
+    ops = [n.op_type for n in model.graph.node]
+    assert ops.count("Conv") == before_ops.count("Conv") + 3 and ops.count("Concat") == before_ops.count("Concat") - 3
+    assert not {"ConstantOfShape", "Slice", "Shape"} & set(ops)  # the branches' features keep their Concat
+    onnx.checker.check_model(model)
+    images = np.random.default_rng(0).integers(0, 256, (5, 32, 32, 3), dtype=np.uint8)
+    before, after = _logits(data, images, optimize=False), _logits(model.SerializeToString(), images, optimize=False)
+    assert np.array_equal(before, after)  # x * 1 + 0 * the rest: the same floats
+    assert shortcuts_as_convs(model) == 0  # nothing left to rewrite
+
+
+def test_int8_options_are_checked() -> None:
+    from memo_edge.export.quantize import Int8Options
+
+    with pytest.raises(InputError, match="choose from qdq, qoperator"):
+        Int8Options(format="qint")
+    with pytest.raises(InputError, match="choose from minmax, entropy, percentile"):
+        Int8Options(calibration="kl")
+
+
+@pytest.mark.parametrize("options", [
+    {},  # export's default
+    {"shortcut_conv": False},
+    {"format": "qoperator"},
+    {"per_channel": False},
+    {"reduce_range": True},
+    {"calibration": "percentile"},
+], ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items()) or "default")
+def test_every_int8_option_agrees_with_float(options: dict) -> None:
+    from memo_edge.export.quantize import DEFAULT_INT8, Int8Options, quantize_full
+
+    data = _resnet8_full_graph()
+    rng = np.random.default_rng(0)
+    calibration, images = (rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8) for n in (64, 48))
+    chosen = Int8Options(**options)
+    int8 = quantize_full(data, calibration, options=chosen)
+    graph = onnx.load_from_string(int8).graph
+    ops = {n.op_type for n in graph.node}
+    assert ("QLinearConv" in ops) == (chosen.format == "qoperator") and ("ConstantOfShape" in ops) != chosen.shortcut_conv
+    assert chosen.describe() in onnx.load_from_string(int8).doc_string
+    reference, quantized = _logits(data, images), _logits(int8, images)
+    scale = np.abs(reference).max()
+    assert np.abs(quantized - reference).max() <= 0.1 * scale  # random weights: closeness, not accuracy
+    assert np.mean(reference.argmax(1) == quantized.argmax(1)) >= 0.8
+    if options == {}:
+        assert chosen == DEFAULT_INT8
+
+
+def test_the_default_int8_graph_runs_without_layout_transposes(tmp_path: Path) -> None:
+    """The point of the shortcut rewrite: ONNX Runtime keeps the int8 convolutions channels-last end to end."""
+    import onnxruntime
+
+    from memo_edge.export.quantize import Int8Options, quantize_full
+
+    data = _resnet8_full_graph()
+    calibration = np.random.default_rng(0).integers(0, 256, (32, 32, 32, 3), dtype=np.uint8)
+    transposes = {}
+    for rewrite in (False, True):
+        options = onnxruntime.SessionOptions()
+        options.optimized_model_filepath = str(tmp_path / f"optimized-{rewrite}.onnx")
+        options.log_severity_level = 3
+        onnxruntime.InferenceSession(quantize_full(data, calibration, options=Int8Options(shortcut_conv=rewrite)),
+                                     sess_options=options, providers=["CPUExecutionProvider"])
+        graph = onnx.load(options.optimized_model_filepath).graph
+        transposes[rewrite] = sum(n.op_type == "Transpose" for n in graph.node)
+    # left: one in front of each branch's global average pool (and the image's)
+    assert transposes[True] < transposes[False]
