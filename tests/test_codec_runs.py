@@ -119,6 +119,14 @@ def test_a_damaged_encoded_exemplar_is_refused_by_class_and_rank(jpeg_run: dict[
     assert open_package(pkg).manifest.version == 1
 
 
+def test_codec_mix_needs_a_lossy_codec(base: dict[str, Path], tmp_path: Path) -> None:
+    result = invoke("train", "--exemplar-codec", "png", "--codec-mix", "0.5", "--out", tmp_path / "run", *QUICK)
+    assert result.exit_code == 2 and "--codec-mix shows new images through a lossy exemplar codec" in result.output
+    assert not (tmp_path / "run").exists()
+    result = invoke("update", base["pkg"], "--data", f"npz:{base['task4']}", "--codec-mix", "0.5", "--device", "cpu")
+    assert result.exit_code == 2 and "stores its exemplars as raw" in result.output, result.output
+
+
 def test_a_raw_package_manifest_is_written_as_before(base: dict[str, Path]) -> None:
     with sqlite3.connect(base["pkg"] / "catalog.sqlite") as conn:
         manifest = json.loads(conn.execute("SELECT manifest FROM versions WHERE version = 1").fetchone()[0])

@@ -163,6 +163,9 @@ def _update(config: UpdateConfig, on_event: Event) -> PackageVersion:
     m = version.manifest
     new_data, new_names = load_new_classes(config.data, m)
     check_budget(m, len(new_names))
+    if config.codec_mix and m.budget.codec in ("raw", "png"):
+        raise InputError(f"--codec-mix shows new images through a lossy exemplar codec; this package stores its "
+                         f"exemplars as {m.budget.codec}, which gives them back unchanged")
     if config.int8 and m.file("full") is None:
         raise InputError(f"{config.package}: --int8 quantizes the full graph, which this package does not have")
     device = select_device(config.device)

@@ -123,7 +123,8 @@ def compare(base: TrainConfig, methods: Sequence[str], budget: str, out: Path, *
         count = method_exemplars(name, base.backbone, num_tasks, total, img, num_classes, split=base.split)
         for codec in codecs:  # the same bytes: count raw exemplars' worth, whatever the codec stores in them
             config = replace(base, method=name, memory=str(count), memory_per_class=None, memory_bytes=None,
-                             exemplar_codec=codec, out=str(out / run_name(name, codec)))
+                             exemplar_codec=codec, out=str(out / run_name(name, codec)),
+                             codec_mix=base.codec_mix if parse_codec(codec).lossy else 0.0)  # raw, png: nothing to mix
             log.info("%s: %d raw exemplars' bytes (%s B) as %s, model %s B", name, count, f"{count * img:,}", codec,
                      f"{_model_bytes(name, base.backbone, num_tasks, base.split):,}")
             results = train(config, resume=_same_run_there(config) and not force, force=force, on_task=on_task)

@@ -120,6 +120,9 @@ def prepare(config: TrainConfig) -> RunSetup:
         raise InputError(f"--exemplar-codec: {exc}") from None
     if not 0.0 <= config.codec_mix <= 1.0:
         raise InputError(f"--codec-mix must be a probability in [0, 1], got {config.codec_mix}")
+    if config.codec_mix and not codec.lossy:
+        raise InputError(f"--codec-mix shows new images through a lossy exemplar codec (jpeg:Q, webp:Q); "
+                         f"{codec} gives images back unchanged")
     dataset, order = load_run_data(config)
     spec = config.scenario or default_scenario(config.dataset)
     scenario = build_scenario(spec, dataset.num_classes, class_order=order)
