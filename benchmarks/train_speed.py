@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import itertools
 import os
 import platform
 import statistics
@@ -46,7 +47,7 @@ CIFAR_MEAN, CIFAR_STD = (0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761)
 
 
 def setup(tasks: int, *, batch: int, device: torch.device, precision: str = "fp32", path: str = "plain",
-          trunk: str = "trained", memory_format: str = "nchw") -> tuple[Callable[[], None], dict]:
+          trunk: str = "trained", memory_format: str = "nchw", compile: str = "off") -> tuple[Callable[[], None], dict]:
     """A model in one configuration and its timed step (augment + train_step); in a process group, this
     rank's share of the global batch."""
     torch.manual_seed(0)
@@ -64,6 +65,8 @@ def setup(tasks: int, *, batch: int, device: torch.device, precision: str = "fp3
     nhwc = memory_format == "nhwc"
     to_memory_format(model, nhwc)
     net = wrap_for_training(model, device)
+    if compile == "on":  # torch.compile (inductor): the first step pays the compilation
+        net = torch.compile(net)
     net.train()
     optimizer = build_optimizer([p for p in model.parameters() if p.requires_grad], paper_recipe(min(tasks - 1, 1)))
     augment, gen = CifarAugment(CIFAR_MEAN, CIFAR_STD), torch.Generator().manual_seed(0)
@@ -82,15 +85,15 @@ def setup(tasks: int, *, batch: int, device: torch.device, precision: str = "fp3
             torch.cuda.synchronize()
 
     row = {"tasks": tasks, "precision": precision, "path": path if tasks > 1 else "-",
-           "trunk": trunk if tasks > 1 else "trained", "memory_format": memory_format}
+           "trunk": trunk if tasks > 1 else "trained", "memory_format": memory_format, "compile": compile}
     return step, row
 
 
-def summarise(row: dict, times: list[float], batch: int) -> dict:
+def summarise(row: dict, times: list[float], batch: int, first: float = float("nan")) -> dict:
     median = statistics.median(times)
     p95 = sorted(times)[min(len(times) - 1, round(0.95 * (len(times) - 1)))]
     return {**row, "median_s": median, "p95_s": p95, "best_s": min(times), "images_per_s": batch / median,
-            "best_images_per_s": batch / min(times)}
+            "best_images_per_s": batch / min(times), "first_s": first}
 
 
 def measure(tasks: int, *, batch: int, steps: int, warmup: int, device: torch.device, **combo: str) -> dict:
@@ -110,13 +113,16 @@ def measure_interleaved(combos: list[dict], args: argparse.Namespace, device: to
     machine hits all rows alike; median and best step per row."""
     steps = [setup(batch=args.batch, device=device, **combo) for combo in combos]
     times: list[list[float]] = [[] for _ in combos]
+    first: list[float] = []
     for i in range(args.warmup + args.steps):
         for k, (step, _) in enumerate(steps):
             start = time.perf_counter()
             step()
             if i >= args.warmup:
                 times[k].append(time.perf_counter() - start)
-    return [summarise(row, t, args.batch) for (_, row), t in zip(steps, times)]
+            elif i == 0:
+                first.append(time.perf_counter() - start)
+    return [summarise(row, t, args.batch, f) for (_, row), t, f in zip(steps, times, first)]
 
 
 def _ddp_worker(tasks: int, batch: int, steps: int, warmup: int, device: str, threads: int | None) -> dict[str, float]:
@@ -159,14 +165,16 @@ def to_markdown(rows: list[dict], args: argparse.Namespace, device: torch.device
         "step by step (a load that comes and goes hits them alike). precision: autocast "
         "(weights fp32); path: plain = one module per frozen branch (under no_grad when nothing flows back), "
         "stacked = the frozen branches as one grouped network with BatchNorm folded; memory format: nchw or "
-        "channels_last (nhwc)",
+        "channels_last (nhwc); compile: torch.compile (inductor) of the training module; first step: the first "
+        "warm-up step (with compile: its compilation)",
         f"- command: `.venv/bin/python benchmarks/train_speed.py --device {device.type} --tasks {args.tasks} "
         f"--trunk {args.trunk} --precision {args.precision} --path {args.path} --memory-format {args.memory_format} "
-        f"--steps {args.steps} --warmup {args.warmup}{f' --write {args.write}' if args.write else ''}`",
+        f"--compile {args.compile} --steps {args.steps} --warmup {args.warmup}"
+        f"{f' --write {args.write} --section {args.section}' if args.write else ''}`",
         "",
-        "| tasks (branches) | trunk | precision | frozen path | memory format | median step (s) | p95 step (s) "
-        "| images/s (median) | images/s (best step) | vs first row of its T (median) |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| tasks (branches) | trunk | precision | frozen path | memory format | compile | first step (s) | median step (s) "
+        "| p95 step (s) | images/s (median) | images/s (best step) | vs first row of its T (median) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     targets = []
     for tasks, trunk, target in ((1, "trained", 690), (10, "frozen", 370)):  # issue 13, this 2-core CPU, batch 128
@@ -175,7 +183,7 @@ def to_markdown(rows: list[dict], args: argparse.Namespace, device: torch.device
         if best is not None:
             targets.append(f"T = {tasks} ({trunk} trunk) >= {target} img/s: {'met' if best['images_per_s'] >= target else 'NOT met'}"
                            f" ({best['images_per_s']:.0f} median, {best['best_images_per_s']:.0f} best step, "
-                           f"{best['precision']} {best['path']} {best['memory_format']})")
+                           f"{best['precision']} {best['path']} {best['memory_format']} compile {best['compile']})")
     if targets:
         lines.insert(lines.index("") + 5, f"- targets: {'; '.join(targets)}")
     base: dict[tuple, float] = {}
@@ -183,7 +191,7 @@ def to_markdown(rows: list[dict], args: argparse.Namespace, device: torch.device
         key = (r["tasks"], r["trunk"])
         base.setdefault(key, r["images_per_s"])
         lines.append(f"| {r['tasks']} | {r['trunk']} | {r['precision']} | {r['path']} | {r['memory_format']} | "
-                     f"{r['median_s']:.3f} | {r['p95_s']:.3f} | {r['images_per_s']:.0f} | "
+                     f"{r['compile']} | {r['first_s']:.2f} | {r['median_s']:.3f} | {r['p95_s']:.3f} | {r['images_per_s']:.0f} | "
                      f"{r['best_images_per_s']:.0f} | {r['images_per_s'] / base[key]:.2f}x |")
     return "\n".join(lines) + "\n"
 
@@ -192,14 +200,14 @@ def matrix(args: argparse.Namespace) -> list[dict]:
     """Every combination of the dimensions that means something (no trunk/path choice at T = 1)."""
     combos = []
     for tasks in (int(t) for t in args.tasks.split(",")):
-        for trunk in args.trunk.split(",") if tasks > 1 else ["trained"]:
-            for precision in args.precision.split(","):
-                for path in args.path.split(",") if tasks > 1 else ["plain"]:
-                    for memory_format in args.memory_format.split(","):
-                        combo = dict(tasks=tasks, trunk=trunk, precision=precision, path=path,
-                                     memory_format=memory_format)
-                        if combo not in combos:
-                            combos.append(combo)
+        trunks = args.trunk.split(",") if tasks > 1 else ["trained"]
+        paths = args.path.split(",") if tasks > 1 else ["plain"]
+        for trunk, precision, path, memory_format, compile in itertools.product(
+                trunks, args.precision.split(","), paths, args.memory_format.split(","), args.compile.split(",")):
+            combo = dict(tasks=tasks, trunk=trunk, precision=precision, path=path, memory_format=memory_format,
+                         compile=compile)
+            if combo not in combos:
+                combos.append(combo)
     return combos
 
 
@@ -239,6 +247,8 @@ def main() -> None:
     parser.add_argument("--precision", default="fp32", help="fp32, bf16, fp16 (GPU), comma-separated")
     parser.add_argument("--path", default="plain", help="plain, stacked or both (T > 1)")
     parser.add_argument("--memory-format", default="nchw", help="nchw, nhwc or both")
+    parser.add_argument("--compile", default="off", help="off, on or both: torch.compile of the training module")
+    parser.add_argument("--section", default="train_speed", help="the section of --write to replace")
     parser.add_argument("--nproc", help="Distributed mode: process counts to compare, e.g. 1,2 (one --tasks value)")
     parser.add_argument("--write", type=Path, help="Markdown file whose section to replace, e.g. docs/benchmarks.md")
     args = parser.parse_args()
@@ -262,7 +272,7 @@ def main() -> None:
     section = to_markdown(rows, args, device)
     print(section)
     if args.write:
-        write_section(args.write, "train_speed", section)
+        write_section(args.write, args.section, section)
 
 
 if __name__ == "__main__":
