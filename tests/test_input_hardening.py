@@ -270,10 +270,10 @@ def test_interrupted_train_removes_only_a_run_without_a_finished_task(tmp_path: 
 # --- 9: messages ----------------------------------------------------------------------------------
 
 
-def _record(exemplars: int, per_class: int, seen: int) -> SimpleNamespace:
+def _record(exemplars: int, per_class: int, seen: int, codec: str = "raw") -> SimpleNamespace:
     return SimpleNamespace(task=0, metrics={"seen_classes": seen, "top1": 90.0, "nme_top1": 91.0},
                            exemplars=exemplars, per_class=per_class, exemplar_bytes=1_101_004, model_bytes=2**20,
-                           wall_time_s=3.0)
+                           wall_time_s=3.0, codec=codec, class_bytes=per_class * 3072)
 
 
 def test_task_line_shows_what_is_stored_beside_the_quota(capsys: pytest.CaptureFixture[str]) -> None:
@@ -283,6 +283,8 @@ def test_task_line_shows_what_is_stored_beside_the_quota(capsys: pytest.CaptureF
     assert "exemplars 361 (avg 180.5/class stored, quota 1000/class, 1.05 MiB)" in capsys.readouterr().out
     _print_task(_record(40, 20, 2), 1)  # every class filled its quota: as before
     assert "exemplars 40 (20/class, 1.05 MiB)" in capsys.readouterr().out
+    _print_task(_record(301, 20, 2, "jpeg:75"), 1)  # a byte share per class: the counts vary with the images
+    assert "exemplars 301 (avg 150.5/class in 61,440 B each, jpeg:75, 1.05 MiB)" in capsys.readouterr().out
 
 
 def test_predict_on_a_directory_without_images_says_so(package: Path, tmp_path: Path) -> None:

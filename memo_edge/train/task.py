@@ -94,12 +94,13 @@ def learn_task(
     """
     codec = exemplars.codec
     start = time.perf_counter()
-    images = new_data.take(np.arange(len(new_data)))  # herding needs them all, a codec round trip too
-    seen_images, encoded = (images, None) if codec.is_raw else codec.round_trip(images)
-    codec_seconds = 0.0 if codec.is_raw else time.perf_counter() - start
     train_new: ImageSource = new_data
-    if codec_mix > 0 and codec.lossy:
-        train_new = CodecMix(images, seen_images, new_data.labels, codec_mix)
+    if not codec.is_raw:  # every new image as the memory would hold it (raw: read after training, as always)
+        images = new_data.take(np.arange(len(new_data)))
+        seen_images, encoded = codec.round_trip(images)
+        if codec_mix > 0 and codec.lossy:
+            train_new = CodecMix(images, seen_images, new_data.labels, codec_mix)
+    codec_seconds = time.perf_counter() - start if not codec.is_raw else 0.0
     model.expand(num_new)
     model.to(device)
     if model.num_tasks > 1:
@@ -126,6 +127,8 @@ def learn_task(
     per_class = memory.per_class(model.num_classes, model_bytes=model.model_bytes(), bytes_per_exemplar=raw)
     share = memory.class_bytes(model.num_classes, model_bytes=model.model_bytes(), bytes_per_exemplar=raw)
     kept = exemplars.fit(share)
+    if codec.is_raw:
+        seen_images, encoded = new_data.take(np.arange(len(new_data))), None
     new_view = new_data if codec.is_raw else ArraySource(seen_images, new_data.labels)
     new_features, _ = extract(model, new_view, transforms.test, device, precision=precision)
     selected = select_exemplars(seen_images, new_data.labels, new_features, class_bytes=share, encoded=encoded,
