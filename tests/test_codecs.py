@@ -97,11 +97,18 @@ def test_decode_refuses_what_is_not_an_image_of_the_shape() -> None:
 def test_raw_byte_shares_give_the_old_counts(kind: str, value: int) -> None:
     """Under raw, the byte share per class holds exactly the count the rule always gave."""
     policy = MemoryPolicy(kind, value)  # type: ignore[arg-type]
+    old_counts = {  # the count rules as they were before shares were bytes
+        "total": lambda seen, model, img: value // seen,
+        "per_class": lambda seen, model, img: value,
+        "exemplar_bytes": lambda seen, model, img: value // img // seen,
+        "bytes": lambda seen, model, img: max(value - model, 0) // img // seen,
+    }
     for seen in (1, 2, 3, 10, 30, 100):
         for img in (3072, 192, 150_528):
             for model in (0, 1_854_016):
                 share = policy.class_bytes(seen, model_bytes=model, bytes_per_exemplar=img)
                 assert share // img == policy.per_class(seen, model_bytes=model, bytes_per_exemplar=img)
+                assert share // img == old_counts[kind](seen, model, img)
 
 
 def test_raw_class_bytes_selects_what_per_class_selects() -> None:

@@ -31,7 +31,10 @@ _SOI, _EOI = b"\xff\xd8", b"\xff\xd9"
 
 
 class CodecError(ValueError):
-    """A stored exemplar that does not decode to an image of the expected shape."""
+    """A stored exemplar that does not decode to an image of the expected shape (``index``: its
+    position, when it was one of many)."""
+
+    index: int | None = None
 
 
 @dataclass(frozen=True)
@@ -102,15 +105,17 @@ class Codec:
         return [self.encode(image) for image in images]
 
     def decode_many(self, blobs: Sequence[bytes], shape: tuple[int, int, int]) -> np.ndarray:
-        if self.is_raw:  # one copy instead of one per image
-            joined = b"".join(blobs)
-            if len(joined) != len(blobs) * int(np.prod(shape)):
-                for blob in blobs:
-                    self.decode(blob, shape)  # names the first bad one
+        """uint8 [N, H, W, C]; a CodecError carries the ``index`` of the first blob that does not decode."""
+        joined = b"".join(blobs) if self.is_raw else b""
+        if self.is_raw and len(joined) == len(blobs) * int(np.prod(shape)):  # one copy instead of one per image
             return np.frombuffer(joined, np.uint8).reshape(len(blobs), *shape).copy()
         out = np.empty((len(blobs), *shape), np.uint8)
         for i, blob in enumerate(blobs):
-            out[i] = self.decode(blob, shape)
+            try:
+                out[i] = self.decode(blob, shape)
+            except CodecError as exc:
+                exc.index = i
+                raise
         return out
 
     def round_trip(self, images: np.ndarray) -> tuple[np.ndarray, list[bytes]]:

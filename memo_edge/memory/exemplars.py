@@ -100,12 +100,11 @@ class ExemplarSet:
                     image_shape: tuple[int, int, int]) -> ExemplarSet:
         """A set from its stored forms (decoded here); CodecError names the first row that does not decode."""
         shape = _check_image_shape(image_shape)
-        images = np.empty((len(blobs), *shape), np.uint8)
-        for i, blob in enumerate(blobs):
-            try:
-                images[i] = codec.decode(blob, shape)
-            except CodecError as exc:
-                raise ExemplarDecodeError(int(labels[i]), int(ranks[i]), str(exc)) from None
+        try:
+            images = codec.decode_many(blobs, shape)
+        except CodecError as exc:
+            i = exc.index
+            raise ExemplarDecodeError(int(labels[i]), int(ranks[i]), str(exc)) from None
         return cls(images, labels, ranks, None if codec.is_raw else tuple(blobs), codec)
 
     def __len__(self) -> int:
@@ -288,7 +287,7 @@ def select_exemplars(
             steps = min(steps, class_bytes // int(sizes[members].min()))
         order = herding_order(features[members], steps)
         if class_bytes is not None:
-            order = order[: int(np.searchsorted(np.cumsum(sizes[members][order]), class_bytes, side="right"))]
+            order = order[: _fitting_prefix(sizes[members][order], class_bytes)]
         picked.append(members[order])
         ranks.append(np.arange(len(order), dtype=np.int64))
     if not picked:
@@ -309,8 +308,13 @@ def _prefix_mask(labels: np.ndarray, ranks: np.ndarray, sizes: np.ndarray, class
     for c in np.unique(labels):
         members = np.flatnonzero(labels == c)
         members = members[np.argsort(ranks[members])]
-        keep[members[np.cumsum(sizes[members]) <= class_bytes]] = True
+        keep[members[: _fitting_prefix(sizes[members], class_bytes)]] = True
     return keep
+
+
+def _fitting_prefix(sizes: np.ndarray, class_bytes: int) -> int:
+    """How many of ``sizes`` (in herding order) fit in ``class_bytes`` together: the byte rule's cut."""
+    return int(np.searchsorted(np.cumsum(sizes), class_bytes, side="right"))
 
 
 def _describe(x: object) -> str:

@@ -16,7 +16,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from memo_edge.memory.alignment import exemplars_that_fit, per_class_quota
 from memo_edge.utils.checks import check_int
 
 __all__ = ["MemoryPolicy"]
@@ -37,17 +36,14 @@ class MemoryPolicy:
             raise ValueError(f"memory must be >= 0, got {self.value}")
 
     def per_class(self, seen_classes: int, *, model_bytes: int, bytes_per_exemplar: int) -> int:
-        """Raw exemplars each of ``seen_classes`` may keep, given the current model size."""
-        if self.kind == "per_class":
-            return self.value
-        if self.kind == "total":
-            return per_class_quota(self.value, seen_classes)
-        if self.kind == "exemplar_bytes":
-            return exemplars_that_fit(self.value, bytes_per_exemplar) // seen_classes
-        return exemplars_that_fit(self.value - model_bytes, bytes_per_exemplar) // seen_classes
+        """Raw exemplars each of ``seen_classes`` may keep, given the current model size: the count that
+        fits in ``class_bytes`` (floor divisions nest, so these are the counts of the count rules)."""
+        bytes_per_exemplar = check_int("bytes_per_exemplar", bytes_per_exemplar, minimum=1)
+        return self.class_bytes(seen_classes, model_bytes=model_bytes,
+                                bytes_per_exemplar=bytes_per_exemplar) // bytes_per_exemplar
 
     def class_bytes(self, seen_classes: int, *, model_bytes: int, bytes_per_exemplar: int) -> int:
-        """Stored bytes each of ``seen_classes`` may keep; ``per_class`` x ``bytes_per_exemplar`` under raw."""
+        """Stored bytes each of ``seen_classes`` may keep (encoded bytes under a codec)."""
         seen_classes = check_int("seen_classes", seen_classes, minimum=1)
         if self.kind == "per_class":
             return self.value * bytes_per_exemplar
