@@ -54,9 +54,9 @@ def arms(runs: Path) -> list[dict]:
             out.append({
                 "group": group, "method": config["method"], "codec": config.get("exemplar_codec", "raw"),
                 "codec_mix": config.get("codec_mix", 0.0), "config": config, "memory": int(config["memory"]),
-                "budget_bytes": None, "exemplars": last["exemplars"], "exemplar_bytes": last["exemplar_bytes"],
+                "exemplars": last["exemplars"], "exemplar_bytes": last["exemplar_bytes"],
                 "average_accuracy": summary["average_incremental_accuracy"], "last_accuracy": summary["last_accuracy"],
-                "accuracy_curve": summary["accuracy_curve"], "model_bytes": last["model_bytes"],
+                "accuracy_curve": summary["accuracy_curve"],
                 "codec_seconds": sum(t.get("codec_seconds", 0.0) for t in results["tasks"]),
                 "decode_s": decode_seconds(results_file.parent),
             })

@@ -24,6 +24,7 @@ from memo_edge.export.exporter import exemplar_tasks, model_blobs, model_manifes
 from memo_edge.export.quantize import calibration_images
 from memo_edge.export.verify import verify_package
 from memo_edge.memory.alignment import count_parameters
+from memo_edge.memory.codec import parse_codec
 from memo_edge.memory.policy import MemoryPolicy
 from memo_edge.model import MemoNet, create_backbone
 from memo_edge.runtime.check import require_intact
@@ -163,7 +164,7 @@ def _update(config: UpdateConfig, on_event: Event) -> PackageVersion:
     m = version.manifest
     new_data, new_names = load_new_classes(config.data, m)
     check_budget(m, len(new_names))
-    if config.codec_mix and m.budget.codec in ("raw", "png"):
+    if config.codec_mix and not parse_codec(m.budget.codec).lossy:
         raise InputError(f"--codec-mix shows new images through a lossy exemplar codec; this package stores its "
                          f"exemplars as {m.budget.codec}, which gives them back unchanged")
     if config.int8 and m.file("full") is None:

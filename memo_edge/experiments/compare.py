@@ -60,7 +60,12 @@ class CompareRow:
 
     @property
     def label(self) -> str:
-        return self.method if self.codec == "raw" else f"{self.method} {self.codec}"
+        return arm_label(self.method, self.codec)
+
+
+def arm_label(method: str, codec: str) -> str:
+    """How a (method, codec) pair is named in tables and plots: ``memo``, ``memo jpeg:75``."""
+    return method if codec == "raw" else f"{method} {codec}"
 
 
 def budget_bytes(budget: str, backbone: str, num_tasks: int, bytes_per_exemplar: int) -> int:
@@ -214,8 +219,7 @@ def curve(base: TrainConfig, methods: Sequence[str], budgets_mib: Sequence[float
     _, num_tasks, img, num_classes = _budget_of(base, "aligned")
     codecs = codec_specs(base.exemplar_codec)
     # One curve per method and codec: "memo", "memo jpeg:75", ...
-    points: dict[str, list[dict[str, Any]]] = {CompareRow(m, "", 0, 0, 0, 0, 0, 0, [], c).label: []
-                                               for m in methods for c in codecs}
+    points: dict[str, list[dict[str, Any]]] = {arm_label(m, c): [] for m in methods for c in codecs}
     for mib in budgets_mib:
         total = int(mib * MIB)
         for name in methods:

@@ -19,6 +19,7 @@ from memo_edge.memory.alignment import (
     der_total_bytes,
     exemplar_bytes,
     exemplars_that_fit,
+    memo_model_bytes,
     quota_table,
 )
 from memo_edge.memory.codec import Codec, parse_codec
@@ -87,11 +88,13 @@ def budget_report(req: BudgetRequest) -> dict[str, Any]:
         mean = sized["mean_bytes"]
         rows_json = [asdict(r) for r in rows]
         for row in rows_json:
-            for key, model in (("memo", 4 * (trunk + row["num_tasks"] * branch)), ("single_backbone", 4 * (trunk + branch)),
-                               ("der", 4 * row["num_tasks"] * (trunk + branch))):
+            tasks = row["num_tasks"]
+            for key, model in (("memo", memo_model_bytes(tasks, trunk, branch)),
+                               ("single_backbone", memo_model_bytes(1, trunk, branch)),  # one backbone
+                               ("der", tasks * memo_model_bytes(1, trunk, branch))):  # T backbones
                 row[f"{key}_codec_exemplars"] = exemplars_that_fit(row["der_total_bytes"] - model, mean)
-        quota_json = [asdict(r) | {"codec_exemplars": r.exemplar_bytes // mean,
-                                   "codec_per_class": r.exemplar_bytes // mean // seen}
+        quota_json = [asdict(r) | {"codec_exemplars": exemplars_that_fit(r.exemplar_bytes, mean),
+                                   "codec_per_class": exemplars_that_fit(r.exemplar_bytes, mean) // seen}
                       for r, seen in zip(quota, scenario.boundaries())]
         sized = {"codec": codec.spec, "raw_bytes": img, **sized}
     else:
