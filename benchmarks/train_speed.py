@@ -6,7 +6,9 @@ frozen too (`--trunk frozen`: a B50 run, `--freeze-base`). Warm-up steps first, 
 steps; reports median and p95 per step. Dimensions (comma-separated lists, every combination):
 `--precision fp32,bf16` (autocast, as `train --precision`), `--path plain,stacked` (the frozen old
 branches as one grouped network, `MemoNet.stack_frozen_branches`; T > 1 only), `--memory-format
-nchw,nhwc` (channels_last), `--trunk trained,frozen` (T > 1 only).
+nchw,nhwc,contiguous` (nchw: the trainer's CPU default, weights contiguous and the batch as augmented,
+whose strides are channels_last ones; nhwc: channels_last everywhere; contiguous: the batch copied to
+NCHW order), `--trunk trained,frozen` (T > 1 only).
 
 Distributed mode (`--nproc 1,2`): the same step at one global batch, in 1 process (the plain trainer)
 and in N processes started by torch's elastic launcher as `memo-edge train --nproc N` starts them
@@ -47,14 +49,17 @@ CIFAR_MEAN, CIFAR_STD = (0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761)
 
 
 def setup(tasks: int, *, batch: int, device: torch.device, precision: str = "fp32", path: str = "plain",
-          trunk: str = "trained", memory_format: str = "nchw", compile: str = "off") -> tuple[Callable[[], None], dict]:
+          trunk: str = "trained", memory_format: str = "nchw", compile: str = "off",
+          edit: Callable[[MemoNet], None] | None = None) -> tuple[Callable[[], None], dict]:
     """A model in one configuration and its timed step (augment + train_step); in a process group, this
-    rank's share of the global batch."""
+    rank's share of the global batch. ``edit`` changes the model before anything else (an ablation)."""
     torch.manual_seed(0)
     world = current_world()
     model = MemoNet("resnet32")
     for _ in range(tasks):
         model.expand(10)
+    if edit is not None:
+        edit(model)
     device = world.device_for(device)
     model.to(device)
     model.freeze_old_branches()
@@ -62,6 +67,8 @@ def setup(tasks: int, *, batch: int, device: torch.device, precision: str = "fp3
         model.freeze_trunk()
     if path == "stacked" and not model.stack_frozen_branches():
         raise SystemExit(f"cannot stack the frozen branches at T = {tasks}")
+    if memory_format not in ("nchw", "nhwc", "contiguous"):
+        raise SystemExit(f"--memory-format: nchw, nhwc or contiguous, not {memory_format}")
     nhwc = memory_format == "nhwc"
     to_memory_format(model, nhwc)
     net = wrap_for_training(model, device)
@@ -79,6 +86,8 @@ def setup(tasks: int, *, batch: int, device: torch.device, precision: str = "fp3
         x = augment.apply(images, augment.sample_params(hi - lo, 32, 32, gen))
         if nhwc:
             x = x.contiguous(memory_format=torch.channels_last)
+        elif memory_format == "contiguous":  # not what the trainer does: the batch copied to NCHW order
+            x = x.contiguous()
         train_step(net, optimizer, x, labels, model.known_classes, loss_scale=(hi - lo) * world.size / batch,
                    precision=precision, scaler=scaler)
         if device.type == "cuda":
@@ -155,7 +164,8 @@ def machine(device: torch.device) -> str:
 
 def to_markdown(rows: list[dict], args: argparse.Namespace, device: torch.device) -> str:
     lines = [
-        "## Training speed: MEMO ResNet-32, CIFAR-sized images",
+        "## Training speed: MEMO ResNet-32, CIFAR-sized images"
+        + ("" if args.section == "train_speed" else f" ({args.section.removeprefix('train_speed_')})"),
         "",
         f"- when: {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC",
         f"- where: {device.type} ({machine(device)}), Python {platform.python_version()}, torch {torch.__version__}; "
@@ -164,8 +174,11 @@ def to_markdown(rows: list[dict], args: argparse.Namespace, device: torch.device
         f"the trunk trained or frozen; {args.warmup} warm-up steps, {args.steps} timed, the rows of one T interleaved "
         "step by step (a load that comes and goes hits them alike). precision: autocast "
         "(weights fp32); path: plain = one module per frozen branch (under no_grad when nothing flows back), "
-        "stacked = the frozen branches as one grouped network with BatchNorm folded; memory format: nchw or "
-        "channels_last (nhwc); compile: torch.compile (inductor) of the training module; first step: the first "
+        "stacked = the frozen branches as one grouped network with BatchNorm folded; memory format: nchw = "
+        "weights contiguous, the batch as the augmentation returns it (what the trainer does on a CPU; the batch "
+        "is a permuted NHWC tensor, so its strides are channels_last ones and oneDNN keeps the activations "
+        "channels_last), nhwc = weights and batch converted to channels_last, contiguous = the batch copied "
+        "to NCHW order; compile: torch.compile (inductor) of the training module; first step: the first "
         "warm-up step (with compile: its compilation)",
         f"- command: `.venv/bin/python benchmarks/train_speed.py --device {device.type} --tasks {args.tasks} "
         f"--trunk {args.trunk} --precision {args.precision} --path {args.path} --memory-format {args.memory_format} "
@@ -246,7 +259,9 @@ def main() -> None:
     parser.add_argument("--trunk", default="trained", help="trained, frozen or both (T > 1)")
     parser.add_argument("--precision", default="fp32", help="fp32, bf16, fp16 (GPU), comma-separated")
     parser.add_argument("--path", default="plain", help="plain, stacked or both (T > 1)")
-    parser.add_argument("--memory-format", default="nchw", help="nchw, nhwc or both")
+    parser.add_argument("--memory-format", default="nchw",
+                        help="nchw (weights contiguous, the batch as augmented), nhwc (channels_last), contiguous "
+                             "(the batch copied to NCHW order), comma-separated")
     parser.add_argument("--compile", default="off", help="off, on or both: torch.compile of the training module")
     parser.add_argument("--section", default="train_speed", help="the section of --write to replace")
     parser.add_argument("--nproc", help="Distributed mode: process counts to compare, e.g. 1,2 (one --tasks value)")

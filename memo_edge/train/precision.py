@@ -12,8 +12,10 @@ matrix work (convolutions, linear layers) runs in the lower precision, losses an
 - ``fp32``: no autocast at all; the default, and bit for bit the trainer as it was.
 
 ``channels_last`` (``use_channels_last``) only on CUDA with a 16-bit precision, the layout tensor cores
-want; on the project's CPU it measured no faster than NCHW in fp32 or bf16 (docs/benchmarks.md,
-train_speed), so the CPU keeps NCHW, and fp32 everywhere stays bit for bit what it was.
+want. On the CPU the weights stay contiguous, yet the activations are channels_last all the same: the
+augmented batch is a permuted NHWC tensor, whose strides oneDNN follows. Converting the model too
+measured no faster, and copying the batch to NCHW order slower (docs/benchmarks.md, train_speed and
+train_speed_layout), so the CPU keeps what it has, and fp32 everywhere stays bit for bit what it was.
 """
 
 from __future__ import annotations
@@ -76,7 +78,8 @@ def make_scaler(precision: str, device: torch.device) -> torch.amp.GradScaler | 
 
 
 def use_channels_last(precision: str, device: torch.device) -> bool:
-    """NHWC on CUDA with a 16-bit precision (tensor cores); NCHW elsewhere (no faster on the CPU)."""
+    """NHWC on CUDA with a 16-bit precision (tensor cores); elsewhere the model stays contiguous (on the
+    CPU the batch's own NHWC strides already make the activations channels_last)."""
     return device.type == "cuda" and precision in ("bf16", "fp16")
 
 
