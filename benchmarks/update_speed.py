@@ -13,7 +13,9 @@ split with its ``on_event`` hook:
 - training: ``checked`` to ``exporting`` (model and exemplars loaded, ``learn_task``: training,
   weight alignment, herding, class means);
 - after: ``exporting`` to the return (export of the new files, verification, commit, garbage
-  collection), itself split by timers around the functions ``update.py`` calls.
+  collection), itself split by timers around the functions ``update.py`` calls and, inside them,
+  around the parts whose work grows with T: the full graph's export, PyTorch's reference through
+  every branch, the ONNX Runtime sessions and the end-to-end runs (``PHASES``; exclusive times).
 
 The non-training part is before + after. The packages are rebuilt for every repeat (an update
 changes the package) and the runs are interleaved (T = 2, 5, 10, 2, 5, 10, ...); the median of the
@@ -28,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import functools
 import hashlib
 import json
 import os
@@ -45,17 +48,38 @@ import torch
 
 import memo_edge.device.update as update_module
 from memo_edge.device.update import UpdateConfig, update_package
+from memo_edge.export import graphs
 from memo_edge.export.exporter import package_model
 from memo_edge.export.quantize import calibration_images, quantize_full
 from memo_edge.memory.exemplars import ExemplarSet
 from memo_edge.model import MemoNet
-from memo_edge.runtime.package import INT8_ROLE, InputSpec, open_package
+from memo_edge.model.backbones import Branch
+from memo_edge.runtime.backends.base import Backend
+from memo_edge.runtime.backends.ort import OrtBackend
+from memo_edge.runtime.package import InputSpec, open_package
 
 from _report import cpu_name, load_average, write_section  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 CIFAR = InputSpec(32, 32, 3, (0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761))
 TARGET = 1.3  # non-training part at T = 10 over T = 2 (the update issue)
-PHASES = ("model_blobs", "verify_package", "append_version", "collect_garbage")
+# Columns of the table after "before training", in order (the rest of verify and of export as remainders).
+COLUMNS = ("full_graph", "branch_graph", "model_blobs", "torch_branches", "ort_sessions", "ort_split", "ort_full",
+           "verify_package", "append_version", "collect_garbage")
+SCALES_WITH_T = ("full_graph", "torch_branches", "ort_sessions", "ort_split", "ort_full")
+# Timed functions: (name, object, attribute, only when called inside this timed function). Times are
+# exclusive: a timed call inside another is taken out of the outer one's time, so the names add up.
+PHASES = (
+    ("model_blobs", update_module, "model_blobs", None),
+    ("full_graph", graphs, "full_graph", None),  # export of the full graph (every branch traced)
+    ("branch_graph", graphs, "branch_graph", None),  # export of the new branch's graph
+    ("verify_package", update_module, "verify_package", None),
+    ("ort_sessions", OrtBackend, "_load", None),  # one ONNX Runtime session per graph used
+    ("ort_split", Backend, "features", None),  # end to end: the trunk graph, then every branch graph
+    ("ort_full", Backend, "full_logits", None),  # end to end: the full graph
+    ("torch_branches", Branch, "forward", "verify_package"),  # PyTorch's reference: every branch
+    ("append_version", update_module, "append_version", None),
+    ("collect_garbage", update_module, "collect_garbage", None),
+)
 
 
 def build(tasks: int, out: Path, exemplar_count: int) -> None:
@@ -96,29 +120,41 @@ def new_classes(root: Path, per_class: int) -> str:
 
 
 class Timers:
-    """Wall time inside the functions ``update.py`` calls after training, by name (module attributes wrapped)."""
+    """Exclusive wall time inside the functions of ``PHASES``, by name, counted once ``active`` is set."""
 
     def __init__(self) -> None:
         self.seconds: dict[str, float] = {}
-        self._saved: dict[str, Callable] = {}
+        self.active = False
+        self._saved: list[tuple[object, str, Callable]] = []
+        self._stack: list[list] = []  # [name, time of timed calls nested in it]
 
     def __enter__(self) -> Timers:
-        for name in PHASES:
-            fn = self._saved[name] = getattr(update_module, name)
-            setattr(update_module, name, self._wrap(name, fn))
+        for name, owner, attribute, inside in PHASES:
+            fn = getattr(owner, attribute)
+            self._saved.append((owner, attribute, fn))
+            setattr(owner, attribute, self._wrap(name, fn, inside))
         return self
 
     def __exit__(self, *exc: object) -> None:
-        for name, fn in self._saved.items():
-            setattr(update_module, name, fn)
+        for owner, attribute, fn in reversed(self._saved):
+            setattr(owner, attribute, fn)
 
-    def _wrap(self, name: str, fn: Callable) -> Callable:
+    def _wrap(self, name: str, fn: Callable, inside: str | None) -> Callable:
+        @functools.wraps(fn)
         def timed(*args, **kwargs):
+            if not self.active or (inside is not None and not any(frame[0] == inside for frame in self._stack)):
+                return fn(*args, **kwargs)
+            frame = [name, 0.0]
+            self._stack.append(frame)
             start = time.perf_counter()
             try:
                 return fn(*args, **kwargs)
             finally:
-                self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
+                took = time.perf_counter() - start
+                self._stack.pop()
+                self.seconds[name] = self.seconds.get(name, 0.0) + took - frame[1]
+                if self._stack:
+                    self._stack[-1][1] += took
         return timed
 
 
@@ -128,17 +164,22 @@ def measure(tasks: int, built: Path, work: Path, data: str, args: argparse.Names
     shutil.copytree(built, pkg)
     marks: dict[str, tuple[float, float]] = {}  # event -> (wall, this process's CPU time)
     config = UpdateConfig(pkg, data, epochs=args.epochs, batch_size=128, device="cpu", int8=False)
+
+    def on_event(event: dict) -> None:
+        marks.setdefault(event["event"], (time.perf_counter(), time.process_time()))
+        if event["event"] == "exporting":  # time what follows training only (training runs the branches too)
+            timers.active = True
+
     with Timers() as timers:
         start, cpu_start = time.perf_counter(), time.process_time()
-        update_package(config, on_event=lambda e: marks.setdefault(e["event"], (time.perf_counter(), time.process_time())))
+        update_package(config, on_event=on_event)
         end, cpu_end = time.perf_counter(), time.process_time()
-    verify = timers.seconds.get("verify_package", 0.0)
+    took = timers.seconds
     (checked, cpu_checked), (exporting, cpu_exporting) = marks["checked"], marks["exporting"]
     row = {"tasks": tasks, "before": checked - start, "training": exporting - checked,
            "after": end - exporting, "total": end - start,
            "rest_cpu": (cpu_checked - cpu_start) + (cpu_end - cpu_exporting),
-           "export": timers.seconds.get("model_blobs", 0.0), "verify": verify,
-           "commit": timers.seconds.get("append_version", 0.0) - verify, "gc": timers.seconds.get("collect_garbage", 0.0)}
+           **{name: took.get(name, 0.0) for name, *_ in PHASES}}
     row["rest"] = row["before"] + row["after"]
     version = open_package(pkg)
     m = version.manifest
@@ -181,26 +222,43 @@ def to_markdown(rows: list[dict[str, float]], args: argparse.Namespace, loads: l
         f"median of {args.repeats} interleaved runs per T, the package rebuilt for each",
         f"- command: `{command}`",
         "",
-        "| tasks | total (s) | training (s) | rest (s) | rest, CPU time (s) | before training | export | verify | commit "
-        "| gc | new bytes written | graphs verified | int8 re-made (s) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| tasks | total (s) | training (s) | rest (s) | rest, CPU time (s) | before training | export: full graph "
+        "| export: new branch graph | export: the rest | verify: PyTorch, every branch | verify: ORT sessions "
+        "| verify: ORT split path | verify: ORT full graph | verify: the rest | commit | gc | new bytes written "
+        "| graphs verified | int8 re-made (s) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        lines.append(
-            f"| {r['tasks']:.0f} | {r['total']:.2f} | {r['training']:.2f} | **{r['rest']:.2f}** | {r['rest_cpu']:.2f} | "
-            f"{r['before']:.2f} | "
-            f"{r['export']:.2f} | {r['verify']:.2f} | {r['commit']:.2f} | {r['gc']:.2f} | {r['new_bytes']:,.0f} | "
-            f"{r['verified_graphs']:.0f} | {r.get('int8', float('nan')):.2f} |")
+        cells = [r["total"], r["training"], r["rest"], r["rest_cpu"], r["before"]] + [r[name] for name in COLUMNS]
+        lines.append(f"| {r['tasks']:.0f} | " + " | ".join(f"{c:.2f}" for c in cells) + f" | {r['new_bytes']:,.0f} | "
+                     f"{r['verified_graphs']:.0f} | {r.get('int8', float('nan')):.2f} |")
+    lines[-len(rows):] = [line.replace(f"| {r['rest']:.2f} |", f"| **{r['rest']:.2f}** |", 1)
+                          for line, r in zip(lines[-len(rows):], rows)]
+    grows = {t: sum(r[name] for name in SCALES_WITH_T) for t, r in ((r["tasks"], r) for r in rows)}
+    fixed = {t: r["rest"] - grows[t] for t, r in ((r["tasks"], r) for r in rows)}
+    t0, t1 = first["tasks"], last["tasks"]
     met = "met" if ratio <= TARGET else "NOT met"
     lines += [
         "",
-        f"Non-training part at T = {last['tasks']:.0f} over T = {first['tasks']:.0f}: **{ratio:.2f}x** wall time "
+        f"Non-training part at T = {t1:.0f} over T = {t0:.0f}: **{ratio:.2f}x** wall time "
         f"(target <= {TARGET}: {met}), {cpu_ratio:.2f}x in this process's CPU time (less disturbed by other work "
-        "on the machine). Columns: before training = lock, package check, reading the new data; "
-        "export = `model_blobs` (new branch graph, full graph, head, per-component weights); verify = ONNX Runtime "
-        "against PyTorch for the new graphs and the new version end to end; commit = writing the files, opening "
-        "and checking the new version, the catalog transaction; gc = garbage collection; int8 re-made = "
-        "`quantize_full` of the new full graph with its calibration (not part of the update here).",
+        "on the machine).",
+        "",
+        f"Split by what the work is proportional to: the full graph's export, PyTorch's reference through every "
+        f"branch, the ONNX Runtime sessions of every graph and the two end-to-end runs (split path, full graph) "
+        f"grow with T by design: {grows[t0]:.2f} s at T = {t0:.0f}, {grows[t1]:.2f} s at T = {t1:.0f}, "
+        f"{(grows[t1] - grows[t0]) / (t1 - t0):.3f} s per task. Everything else "
+        f"(checks, reading the data, the new branch's graph and per-graph check, the head, weights, commit, gc): "
+        f"{fixed[t0]:.2f} s at T = {t0:.0f}, {fixed[t1]:.2f} s at T = {t1:.0f}, **{fixed[t1] / fixed[t0]:.2f}x**.",
+        "",
+        "Columns (times exclusive: a timed call inside another is counted once, in its own column): before training "
+        "= lock, package check, reading the new data; export = `model_blobs` (the full graph, the new branch's "
+        "graph; the rest: head, per-component weights); verify = `verify_package`: PyTorch's reference through "
+        "every branch, the ONNX Runtime sessions it opens, the split path end to end (trunk graph and every "
+        "branch graph), the full graph end to end; the rest: PyTorch's trunk and head, the per-graph check of "
+        "the new graphs, the comparisons; commit = writing the files, opening and checking the new version, the "
+        "catalog transaction; gc = garbage collection; int8 re-made = `quantize_full` of the new full graph with "
+        "its calibration (not part of the update here).",
     ]
     return "\n".join(lines) + "\n"
 
