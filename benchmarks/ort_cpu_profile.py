@@ -1,4 +1,4 @@
-"""Where ONNX Runtime (CPU, float32) spends the time of MEMO ResNet-32 at T tasks, and two variants.
+"""Where ONNX Runtime (CPU, float32 and int8) spends the time of MEMO ResNet-32 at T tasks, and two variants.
 
 One randomly initialised ``MemoNet("resnet32")`` expanded T times by 10 classes (speed does not
 depend on the weights), its graphs made by ``memo_edge.export.graphs`` (BatchNorm folded, uint8 input,
@@ -7,9 +7,10 @@ threads at ONNX Runtime's default), on random uint8 CIFAR-sized batches:
 
 - work: multiply-accumulates per image of every Conv2d and Linear (forward hooks), and the rate
   they imply at the measured batch-64 throughput;
-- profile: the share of convolution kernels (ONNX Runtime's ``Conv``/``FusedConv`` nodes, from its
-  profiler; PyTorch eager's ops with "conv" in their name, from ``torch.profiler``, self CPU time)
-  in the time of batch-64 calls of the full model;
+- profile: the share of convolution kernels (ONNX Runtime's ``Conv``/``FusedConv`` nodes, and
+  ``QLinearConv`` in ``export --int8``'s graph (``quantize_full``, calibrated on 256 random images),
+  from its profiler; PyTorch eager's ops with "conv" in their name, from ``torch.profiler``, self CPU
+  time) in the time of batch-64 calls of the full model, and the convolution kernels' time per image;
 - branch fusion: ``full`` as exported (one conv stack per branch) against a fused graph with the
   same arithmetic (the first conv of every branch stacked into one, the later convs grouped with
   groups = T), batch-1 p50 and batch-64 throughput;
@@ -36,6 +37,7 @@ import torch
 from torch import Tensor, nn
 
 from memo_edge.export import graphs
+from memo_edge.export.quantize import quantize_full
 from memo_edge.model import MemoNet
 
 from _report import cpu_name, load_average, timings, write_section  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
@@ -144,8 +146,12 @@ def speed(fn: Fn, one: np.ndarray, many: np.ndarray, args: argparse.Namespace) -
             "b64_ms": float(np.median(b64)) * 1e3}
 
 
+CONV_OPS = ("Conv", "FusedConv", "QLinearConv")  # the float32 graph's (fused with their ReLU), the int8 graph's
+
+
 def ort_conv_share(data: bytes, many: np.ndarray, calls: int, workdir: Path) -> dict[str, float]:
-    """Share of Conv/FusedConv kernel time in all node kernel time, and in the runs' wall time."""
+    """Share of convolution kernel time in all node kernel time and in the runs' wall time, and the
+    convolution kernels' time per image."""
     s = session(data, profile=str(workdir / "ort-profile"))
     fn = runner(s)
     fn(many)  # warm-up, profiled too but dropped below
@@ -155,9 +161,10 @@ def ort_conv_share(data: bytes, many: np.ndarray, calls: int, workdir: Path) -> 
     runs = [e for e in events if e.get("cat") == "Session" and e.get("name") == "model_run"]
     start = runs[0]["ts"] + runs[0]["dur"]  # after the warm-up run
     nodes = [e for e in events if e.get("cat") == "Node" and e["name"].endswith("_kernel_time") and e["ts"] >= start]
-    conv = sum(e["dur"] for e in nodes if e["args"].get("op_name") in ("Conv", "FusedConv"))
+    conv = sum(e["dur"] for e in nodes if e["args"].get("op_name") in CONV_OPS)
     wall = sum(e["dur"] for e in runs[1:])
-    return {"of_kernels": conv / sum(e["dur"] for e in nodes), "of_wall": conv / wall}
+    return {"of_kernels": conv / sum(e["dur"] for e in nodes), "of_wall": conv / wall,
+            "ms_per_image": conv / 1e3 / (len(runs) - 1) / len(many)}
 
 
 def eager_conv_share(model: MemoNet, many: np.ndarray, calls: int) -> float:
@@ -196,6 +203,7 @@ def measure(args: argparse.Namespace, workdir: Path) -> dict[str, object]:
     one = rng.integers(0, 256, (1, *SHAPE), dtype=np.uint8)
     many = rng.integers(0, 256, (64, *SHAPE), dtype=np.uint8)
     full = graphs.full_graph(model, MEAN, STD, SHAPE).data
+    int8 = quantize_full(full, rng.integers(0, 256, (256, *SHAPE), dtype=np.uint8))  # export --int8's graph
     fused = graphs.export_graph(FusedFull(model).eval(), torch.zeros((2, *SHAPE), dtype=torch.uint8), "fused",
                                 graphs.IMAGE, graphs.LOGITS).data
     # Each variant gets its own sessions, freed before the next is timed: an idle session's threads
@@ -216,6 +224,7 @@ def measure(args: argparse.Namespace, workdir: Path) -> dict[str, object]:
         # what full.onnx computes: the auxiliary classifier, a training aid, is not in it
         "macs": trunk_macs + args.tasks * branch_macs + fc.in_features * fc.out_features, "fused_diff": fused_diff,
         "as_exported": speed(runner(session(full)), one, many, args),
+        "int8": speed(runner(session(int8)), one, many, args),
         "fused": speed(runner(session(fused)), one, many, args),
     }
     for spinning in (True, False):
@@ -232,6 +241,7 @@ def measure(args: argparse.Namespace, workdir: Path) -> dict[str, object]:
     assert np.allclose(eager(many), reference, atol=1e-3), "ORT and eager disagree"
     row["eager"] = speed(eager, one, many, args)
     row["ort_conv"] = ort_conv_share(full, many, args.profile_calls, workdir)
+    row["ort_int8_conv"] = ort_conv_share(int8, many, args.profile_calls, workdir)
     row["eager_conv"] = eager_conv_share(model, many, args.profile_calls)
     row["load"] = f"1-min load average {start_load} before the run, {load_average()} after it (counting the run itself)"
     return row
@@ -257,13 +267,18 @@ def to_markdown(r: dict, args: argparse.Namespace) -> str:  # type: ignore[type-
         f"Work per image: trunk {r['trunk_macs'] / 1e6:.2f} M + {t} x {r['branch_macs'] / 1e6:.2f} M (one branch) "
         f"+ classifier = **{r['macs'] / 1e6:.1f} M multiply-accumulates** (Conv2d and Linear).",
         "",
-        "| at batch 64 | images/s | GMAC/s | convolution share of the time |",
-        "|---|---|---|---|",
-        f"| ONNX Runtime, full.onnx | {r['as_exported']['b64_ips']:.0f} | {gmacs(r['as_exported']['b64_ips']):.1f} | "
-        f"{100 * r['ort_conv']['of_wall']:.1f}% of run time ({100 * r['ort_conv']['of_kernels']:.1f}% of kernel time; "
-        f"Conv/FusedConv nodes, ONNX Runtime's profiler) |",
+        "| at batch 64 | images/s | GMAC/s | convolution share of the time | convolution kernels alone (ms/img) |",
+        "|---|---|---|---|---|",
+    ]
+    for key, conv, label, ops in (("as_exported", "ort_conv", "full.onnx", "Conv/FusedConv"),
+                                  ("int8", "ort_int8_conv", "full-int8.onnx (`export --int8`'s graph)", "QLinearConv")):
+        c = r[conv]
+        lines.append(f"| ONNX Runtime, {label} | {r[key]['b64_ips']:.0f} | {gmacs(r[key]['b64_ips']):.1f} | "
+                     f"{100 * c['of_wall']:.1f}% of run time ({100 * c['of_kernels']:.1f}% of kernel time; {ops} nodes, "
+                     f"ONNX Runtime's profiler) | {c['ms_per_image']:.3f} ({gmacs(1e3 / c['ms_per_image']):.0f} GMAC/s) |")
+    lines += [
         f"| PyTorch eager | {r['eager']['b64_ips']:.0f} | {gmacs(r['eager']['b64_ips']):.1f} | "
-        f"{100 * r['eager_conv']:.1f}% of self CPU time (ops named *conv*, torch.profiler) |",
+        f"{100 * r['eager_conv']:.1f}% of self CPU time (ops named *conv*, torch.profiler) | - |",
         "",
         f"Branch fusion (largest logit difference to full.onnx: {r['fused_diff']:.1e}):",
         "",
