@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -17,6 +18,7 @@ from memo_edge.data.datasets import load_dataset
 from memo_edge.data.scenario import Scenario, remap, task_subset
 from memo_edge.export.graphs import Preprocess, initializer_names
 from memo_edge.runtime.backends import OrtCpuBackend
+from memo_edge.runtime.lock import writer_lock
 from memo_edge.runtime.package import CATALOG, PackageError, open_package
 from memo_edge.train.checkpoint import load_checkpoint
 
@@ -183,6 +185,26 @@ def test_export_bad_input(run: Path, tmp_path: Path, args: list[str], fragment: 
 def test_existing_package_needs_force(package: Path, run: Path) -> None:
     result = invoke("export", run, "--out", package)
     assert result.exit_code == 2 and "--force" in result.output
+
+
+def test_force_is_refused_while_a_writer_works(package: Path, run: Path) -> None:
+    before = open_package(package).manifest
+    with writer_lock(package, "update"):  # an update at work on the package
+        result = invoke("export", run, "--out", package, "--force")
+    assert result.exit_code != 0 and "being changed by" in result.output and "(update, since" in result.output
+    assert "Traceback" not in result.output
+    assert open_package(package).manifest == before  # the package is untouched
+
+
+def test_force_replaces_a_damaged_package(package: Path, run: Path, tmp_path: Path) -> None:
+    damaged = tmp_path / "pkg"
+    shutil.copytree(package, damaged)
+    (damaged / CATALOG).write_bytes(b"not a catalog")
+    with pytest.raises(PackageError):
+        open_package(damaged)
+    result = invoke("export", run, "--out", damaged, "--force")
+    assert result.exit_code == 0, result.output
+    assert open_package(damaged).manifest.version == 1
 
 
 def test_reading_a_package_does_not_import_torch(package: Path) -> None:

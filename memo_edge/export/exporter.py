@@ -7,6 +7,7 @@ before it becomes visible), then build TensorRT engines into its cache.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -29,8 +30,12 @@ from memo_edge.memory.alignment import exemplar_bytes
 from memo_edge.memory.exemplars import ExemplarSet
 from memo_edge.memory.policy import MemoryPolicy
 from memo_edge.model import MemoNet
+from memo_edge.runtime.catalog import CATALOG
 from memo_edge.runtime.engine_build import build_engines
-from memo_edge.runtime.engine_cache import EngineOptions, EngineRecord, GpuInfo, engine_graphs, probe_environment
+from memo_edge.runtime.engine_cache import (
+    EngineOptions, EngineRecord, GpuInfo, TrtEnvironment, engine_graphs, probe_environment,
+)
+from memo_edge.runtime.lock import writer_lock
 from memo_edge.runtime.manifest import WEIGHTS_BRANCH, WEIGHTS_HEAD, WEIGHTS_TRUNK
 from memo_edge.runtime.package import INT8_ROLE, Budget, InputSpec, Manifest, PackageVersion, open_package, write_package
 from memo_edge.train.checkpoint import load_checkpoint, verified_states
@@ -64,6 +69,14 @@ def export_run(config: ExportConfig) -> tuple[PackageVersion, list[EngineRecord]
     env = probe_environment(gpu_probe=torch_gpu_probe) if config.trt is not None else None  # before any work
     if config.out.exists() and any(config.out.iterdir()) and not config.force:
         raise InputError(f"{config.out} exists and is not empty; pass --force to replace it")
+    # Replacing a package: not while one of its writers (update, rollback, a service's job) is at work.
+    # Its contents are not read first: --force replaces a damaged package too.
+    replacing = (config.out / CATALOG).is_file()
+    with writer_lock(config.out, "export --force", check_package=False) if replacing else contextlib.nullcontext():
+        return _export(config, env)
+
+
+def _export(config: ExportConfig, env: TrtEnvironment | None) -> tuple[PackageVersion, list[EngineRecord]]:
     header = read_run_header(config.run_dir)
     states = verified_states(config.run_dir)
     task = _pick_task(config.run_dir, config.task, len(states))

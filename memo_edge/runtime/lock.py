@@ -1,6 +1,6 @@
 """One writer at a time per package: an advisory lock on ``<package>/writer.lock``.
 
-``update`` and ``rollback`` take it before any work; a second writer is refused at once, with a
+``update``, ``rollback`` and ``export --force`` over a package take it before any work; a second writer is refused at once, with a
 line naming the holder. The lock is ``flock(2)``: the kernel drops it when its process ends, however
 it ends, so a lock left by a killed process never blocks. The file only says who holds the lock;
 its presence means nothing (a killed writer leaves it; the next writer removes it when it ends).
@@ -42,10 +42,15 @@ def lock_holder(root: Path) -> str:
 
 
 @contextlib.contextmanager
-def writer_lock(root: Path, command: str) -> Iterator[None]:
-    """Hold ``root``'s writer lock for the block; refuse at once if another process holds it."""
+def writer_lock(root: Path, command: str, *, check_package: bool = True) -> Iterator[None]:
+    """Hold ``root``'s writer lock for the block; refuse at once if another process holds it.
+
+    ``check_package=False``: lock without reading the package first (``export --force`` replaces a
+    package whole, a damaged one too).
+    """
     root = Path(root)
-    open_package(root, verify=False)  # a package at all, before a lock file appears in a stray directory
+    if check_package:
+        open_package(root, verify=False)  # a package at all, before a lock file appears in a stray directory
     fd = _acquire(root, command)
     try:
         since = datetime.now(timezone.utc).isoformat(timespec="seconds")
