@@ -5,9 +5,10 @@ bf16 autocast, channels_last). Its operators' self time (torch.profiler, CPU) is
 convolution forward, convolution gradients (weights and inputs), BatchNorm forward, BatchNorm
 backward, and everything else (ReLU, residual adds, the optimizer, augmentation, the loss, copies).
 With the convolutions' MACs (hooks on every Conv2d, as in `benchmarks/cpu_peak.py`) this gives the
-rate of the convolution kernels, and the images/s the step would reach if everything but the
-convolutions took no time: the ceiling of the current kernels. BatchNorm is also split by stage
-(16, 32, 64 channels), since its cost per element differs with the channel count.
+rate of the convolution kernels; BatchNorm is also split by stage (16, 32, 64 channels), since its
+cost per element differs with the channel count. Since the profiler's own cost per call inflates
+short operators, BatchNorm's cost is also measured without it: the same step, interleaved, on a copy
+of the model whose BatchNorm2d layers are identities (the same convolutions; for speed only).
 
     .venv/bin/python benchmarks/train_profile.py [--tasks 1] [--precision bf16] [--write docs/benchmarks.md]
 """
@@ -117,8 +118,9 @@ def to_markdown(result: dict, args: argparse.Namespace, loads: tuple[str, str]) 
         f"- where: cpu ({cpu_name()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads), Python "
         f"{platform.python_version()}, torch {torch.__version__}; 1-min load average {loads[0]} before the run, {loads[1]} after it",
         f"- what: `train_speed.py`'s step (augment + forward + backward + SGD, trunk trained, memory format "
-        f"{args.memory_format}), {args.warmup} warm-up steps, the median of {args.steps} plain steps, then "
-        f"{args.steps} steps under torch.profiler: each operator's self time per step, grouped; MACs per image "
+        f"{args.memory_format}), {args.warmup} warm-up steps, then {args.steps} plain steps of the model and of its copy "
+        f"without BatchNorm, interleaved (medians), then {args.steps} steps of the model under torch.profiler: each "
+        "operator's self time per step, grouped; MACs per image "
         "counted by hooks on every Conv2d (gradients: weights for every convolution, inputs for all but the first)",
         f"- command: `.venv/bin/python benchmarks/train_profile.py --tasks {args.tasks} --precision {args.precision} "
         f"--memory-format {args.memory_format} --steps {args.steps} --warmup {args.warmup}"

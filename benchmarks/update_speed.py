@@ -229,13 +229,12 @@ def to_markdown(rows: list[dict[str, float]], args: argparse.Namespace, loads: l
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        cells = [r["total"], r["training"], r["rest"], r["rest_cpu"], r["before"]] + [r[name] for name in COLUMNS]
-        lines.append(f"| {r['tasks']:.0f} | " + " | ".join(f"{c:.2f}" for c in cells) + f" | {r['new_bytes']:,.0f} | "
-                     f"{r['verified_graphs']:.0f} | {r.get('int8', float('nan')):.2f} |")
-    lines[-len(rows):] = [line.replace(f"| {r['rest']:.2f} |", f"| **{r['rest']:.2f}** |", 1)
-                          for line, r in zip(lines[-len(rows):], rows)]
-    grows = {t: sum(r[name] for name in SCALES_WITH_T) for t, r in ((r["tasks"], r) for r in rows)}
-    fixed = {t: r["rest"] - grows[t] for t, r in ((r["tasks"], r) for r in rows)}
+        cells = [f"{r['total']:.2f}", f"{r['training']:.2f}", f"**{r['rest']:.2f}**", f"{r['rest_cpu']:.2f}",
+                 f"{r['before']:.2f}", *(f"{r[name]:.2f}" for name in COLUMNS), f"{r['new_bytes']:,.0f}",
+                 f"{r['verified_graphs']:.0f}", f"{r.get('int8', float('nan')):.2f}"]
+        lines.append(f"| {r['tasks']:.0f} | " + " | ".join(cells) + " |")
+    grows = {r["tasks"]: sum(r[name] for name in SCALES_WITH_T) for r in rows}
+    fixed = {r["tasks"]: r["rest"] - grows[r["tasks"]] for r in rows}
     t0, t1 = first["tasks"], last["tasks"]
     met = "met" if ratio <= TARGET else "NOT met"
     lines += [
