@@ -10,6 +10,8 @@ import os
 import re
 import shutil
 import signal
+import subprocess
+import sys
 import tarfile
 import threading
 import time
@@ -32,7 +34,7 @@ from memo_edge.runtime.package import open_package
 from memo_edge.runtime.versions import list_versions
 from memo_edge.serve.app import create_app
 from memo_edge.serve.inputs import RequestError
-from memo_edge.serve.uploads import UploadLimits, unpack_upload
+from memo_edge.serve.uploads import UploadLimits, remove_stale_uploads, unpack_upload, upload_dir
 
 NPY = {"content-type": "application/x-npy"}
 QUICK = "epochs=2&batch_size=32"  # a short update of the tiny package
@@ -137,6 +139,22 @@ def test_class_folders_unpack_with_or_without_a_top_folder(tmp_path: Path) -> No
         root = Path(unpack_upload("application/zip", tmp_path / f"u{k}", tmp_path / f"d{k}", UploadLimits()))
         assert sorted(p.name for p in root.iterdir()) == ["cats", "dogs"]
         assert (root / "cats" / "2.png").read_bytes() == b"2"
+
+
+def test_a_killed_services_uploads_are_removed_when_the_next_one_starts(pkg: Path) -> None:
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                          check=True)
+    dead, live = (pkg.parent / f".memo-edge-upload-{int(gone.stdout)}-abc", pkg.parent / f".memo-edge-upload-{os.getpid()}-def")
+    older = pkg.parent / ".memo-edge-upload-x1y2"  # no pid in the name: not ours to judge, kept
+    for d in (dead, live, older):
+        (d / "data").mkdir(parents=True)
+        (d / "data" / "x.npy").write_bytes(b"x")
+    with TestClient(create_app(pkg, backend="ort-cpu")) as client:
+        assert client.get("/ready").status_code == 200
+    assert not dead.exists() and live.exists() and older.exists()
+    made = upload_dir(pkg)  # what the service makes for an upload: its own pid in the name
+    assert made.parent == pkg.resolve().parent and made.name.startswith(f".memo-edge-upload-{os.getpid()}-")
+    assert remove_stale_uploads(pkg) == []
 
 
 # --- jobs in the service ----------------------------------------------------------------------------

@@ -10,10 +10,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
-import errno
 import logging
 import shutil
-import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -34,7 +32,7 @@ from memo_edge.serve.jobs import Job, UpdateJobs, UpdateOptions
 from memo_edge.serve.metrics import Metrics
 from memo_edge.serve.openapi import openapi_schema
 from memo_edge.serve.state import ServiceState
-from memo_edge.serve.uploads import UPLOAD_TYPES, UploadLimits, unpack_upload
+from memo_edge.serve.uploads import UPLOAD_TYPES, UploadLimits, remove_stale_uploads, unpack_upload, upload_dir
 
 __all__ = ["create_app"]
 
@@ -116,7 +114,7 @@ def create_app(package: str | Path, *, backend: str = "auto", precision: str = "
             if kind not in UPLOAD_TYPES:
                 raise RequestError(415, f"content-type {kind or 'missing'}: send a zip or tar of class folders, or "
                                    f"an npz with x, y and class_names ({', '.join(UPLOAD_TYPES)})")
-            workdir = await asyncio.to_thread(_upload_dir, state.root)
+            workdir = await asyncio.to_thread(upload_dir, state.root)
             try:
                 await _save_body(request, workdir / "upload", upload_limits.max_upload_bytes)
                 data = await asyncio.to_thread(unpack_upload, kind, workdir / "upload", workdir / "data", upload_limits)
@@ -157,6 +155,8 @@ def create_app(package: str | Path, *, backend: str = "auto", precision: str = "
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         nonlocal closing
+        # Uploads of a service that was killed (SIGKILL, a power cut) before it could remove them.
+        await asyncio.to_thread(remove_stale_uploads, state.root)
         yield
         closing = True
         await jobs.close()
@@ -222,16 +222,6 @@ async def _save_body(request: Request, path: Path, limit: int) -> None:
                 await asyncio.to_thread(out.write, b"".join(pending))
                 pending.clear()
         await asyncio.to_thread(out.write, b"".join(pending))
-
-
-def _upload_dir(root: Path) -> Path:
-    """A new directory beside the package (same file system, the user's storage, not /tmp)."""
-    try:
-        return Path(tempfile.mkdtemp(prefix=".memo-edge-upload-", dir=root.resolve().parent))
-    except OSError as exc:
-        status = 507 if exc.errno in (errno.ENOSPC, errno.EDQUOT) else 409
-        raise RequestError(status, f"cannot store the upload beside the package in {root.resolve().parent} "
-                           f"({exc.strerror})") from None
 
 
 async def _read_files(request: Request, limits: Limits) -> list[tuple[str, bytes]]:

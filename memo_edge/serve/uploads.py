@@ -10,9 +10,15 @@ Every problem is a ``RequestError`` (4xx) with one line.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
+import logging
+import os
+import re
+import shutil
 import tarfile
+import tempfile
 import zipfile
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
@@ -24,7 +30,10 @@ import numpy as np
 
 from memo_edge.serve.inputs import RequestError
 
-__all__ = ["UploadLimits", "ZIP_TYPES", "TAR_TYPES", "NPZ_TYPES", "UPLOAD_TYPES", "unpack_upload"]
+__all__ = ["UploadLimits", "ZIP_TYPES", "TAR_TYPES", "NPZ_TYPES", "UPLOAD_TYPES", "unpack_upload", "upload_dir",
+           "remove_stale_uploads"]
+
+log = logging.getLogger(__name__)
 
 ZIP_TYPES = ("application/zip", "application/x-zip-compressed")
 TAR_TYPES = ("application/x-tar", "application/gzip", "application/x-gzip", "application/x-gtar",
@@ -32,6 +41,8 @@ TAR_TYPES = ("application/x-tar", "application/gzip", "application/x-gzip", "app
 NPZ_TYPES = ("application/x-npz",)
 UPLOAD_TYPES = ZIP_TYPES + TAR_TYPES + NPZ_TYPES
 _SKIPPED = {"__MACOSX"}  # what macOS's "Compress" adds beside the folders
+_UPLOAD_PREFIX = ".memo-edge-upload-"
+_UPLOAD_NAME = re.compile(re.escape(_UPLOAD_PREFIX) + r"(\d+)-")  # then the pid of the service that made it
 
 
 @dataclass(frozen=True)
@@ -46,6 +57,41 @@ class _Member:
     name: str
     size: int
     open: Callable[[], IO[bytes] | None]
+
+
+def upload_dir(package: Path) -> Path:
+    """A new directory for one upload beside the package (same file system, the user's storage, not
+    /tmp), named with this process's pid so that ``remove_stale_uploads`` knows when it is left over."""
+    try:
+        return Path(tempfile.mkdtemp(prefix=f"{_UPLOAD_PREFIX}{os.getpid()}-", dir=package.resolve().parent))
+    except OSError as exc:
+        status = 507 if exc.errno in (errno.ENOSPC, errno.EDQUOT) else 409
+        raise RequestError(status, f"cannot store the upload beside the package in {package.resolve().parent} "
+                           f"({exc.strerror})") from None
+
+
+def remove_stale_uploads(package: Path) -> list[Path]:
+    """Remove the upload directories beside ``package`` whose service is gone (killed before it could
+    clean up); a running service's, on this machine, are left alone. Returns what was removed."""
+    removed = []
+    for path in package.resolve().parent.glob(f"{_UPLOAD_PREFIX}*"):
+        match = _UPLOAD_NAME.match(path.name)
+        if path.is_dir() and match and not _alive(int(match.group(1))):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    if removed:
+        log.info("removed %d upload director%s left by a stopped service", len(removed), "y" if len(removed) == 1 else "ies")
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, another user's
+        return True
+    return True
 
 
 def unpack_upload(kind: str, upload: Path, into: Path, limits: UploadLimits) -> str:
