@@ -10,6 +10,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tarfile
@@ -144,16 +145,19 @@ def test_class_folders_unpack_with_or_without_a_top_folder(tmp_path: Path) -> No
 def test_a_killed_services_uploads_are_removed_when_the_next_one_starts(pkg: Path) -> None:
     gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
                           check=True)
-    dead, live = (pkg.parent / f".memo-edge-upload-{int(gone.stdout)}-abc", pkg.parent / f".memo-edge-upload-{os.getpid()}-def")
-    older = pkg.parent / ".memo-edge-upload-x1y2"  # no pid in the name: not ours to judge, kept
-    for d in (dead, live, older):
+    host = socket.gethostname()
+    dead = pkg.parent / f".memo-edge-upload-{host}-{int(gone.stdout)}-abc"
+    live = pkg.parent / f".memo-edge-upload-{host}-{os.getpid()}-def"
+    elsewhere = pkg.parent / f".memo-edge-upload-other.host-{int(gone.stdout)}-ghi"  # its pid means nothing here
+    older = pkg.parent / ".memo-edge-upload-x1y2"  # no host and pid in the name: not ours to judge
+    for d in (dead, live, elsewhere, older):
         (d / "data").mkdir(parents=True)
         (d / "data" / "x.npy").write_bytes(b"x")
     with TestClient(create_app(pkg, backend="ort-cpu")) as client:
         assert client.get("/ready").status_code == 200
-    assert not dead.exists() and live.exists() and older.exists()
-    made = upload_dir(pkg)  # what the service makes for an upload: its own pid in the name
-    assert made.parent == pkg.resolve().parent and made.name.startswith(f".memo-edge-upload-{os.getpid()}-")
+    assert not dead.exists() and live.exists() and elsewhere.exists() and older.exists()
+    made = upload_dir(pkg)  # what the service makes for an upload: its host and pid in the name
+    assert made.parent == pkg.resolve().parent and made.name.startswith(f".memo-edge-upload-{host}-{os.getpid()}-")
     assert remove_stale_uploads(pkg) == []
 
 

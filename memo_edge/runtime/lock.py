@@ -1,7 +1,7 @@
 """One writer at a time per package: an advisory lock on ``<package>/writer.lock``.
 
-``update``, ``rollback`` and ``export --force`` over a package take it before any work; a second writer is refused at once, with a
-line naming the holder. The lock is ``flock(2)``: the kernel drops it when its process ends, however
+``update``, ``rollback`` and ``export --force`` over a package take it before any work; a second
+writer is refused at once, with a line naming the holder. The lock is ``flock(2)``: the kernel drops it when its process ends, however
 it ends, so a lock left by a killed process never blocks. The file only says who holds the lock;
 its presence means nothing (a killed writer leaves it; the next writer removes it when it ends).
 Readers never take it.

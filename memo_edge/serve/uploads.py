@@ -5,7 +5,9 @@ top folder holding them), or an npz with ``x`` (uint8 [N,H,W,C]), ``y`` (labels 
 ``class_names`` (k strings). Archives are unpacked member by member, never with ``extractall``: a
 member with an absolute path, a ``..`` part, a link or a device is refused (the whole upload, with
 its name), and the member count and unpacked bytes are bounded (a zip bomb is refused, not unpacked).
-Every problem is a ``RequestError`` (4xx) with one line.
+Every problem is a ``RequestError`` (4xx) with one line. Each upload gets its own directory beside
+the package (``upload_dir``), named with the host and pid of the service, so that a service starting
+later removes the ones a killed service left (``remove_stale_uploads``).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import logging
 import os
 import re
 import shutil
+import socket
 import tarfile
 import tempfile
 import zipfile
@@ -42,7 +45,8 @@ NPZ_TYPES = ("application/x-npz",)
 UPLOAD_TYPES = ZIP_TYPES + TAR_TYPES + NPZ_TYPES
 _SKIPPED = {"__MACOSX"}  # what macOS's "Compress" adds beside the folders
 _UPLOAD_PREFIX = ".memo-edge-upload-"
-_UPLOAD_NAME = re.compile(re.escape(_UPLOAD_PREFIX) + r"(\d+)-")  # then the pid of the service that made it
+# then the host and the pid of the service that made it, then mkdtemp's random part (no "-" in it)
+_UPLOAD_NAME = re.compile(re.escape(_UPLOAD_PREFIX) + r"(?P<host>.+)-(?P<pid>\d+)-[^-]*$")
 
 
 @dataclass(frozen=True)
@@ -61,9 +65,10 @@ class _Member:
 
 def upload_dir(package: Path) -> Path:
     """A new directory for one upload beside the package (same file system, the user's storage, not
-    /tmp), named with this process's pid so that ``remove_stale_uploads`` knows when it is left over."""
+    /tmp), named with this host and process so that ``remove_stale_uploads`` knows when it is left over."""
     try:
-        return Path(tempfile.mkdtemp(prefix=f"{_UPLOAD_PREFIX}{os.getpid()}-", dir=package.resolve().parent))
+        prefix = f"{_UPLOAD_PREFIX}{socket.gethostname()}-{os.getpid()}-"
+        return Path(tempfile.mkdtemp(prefix=prefix, dir=package.resolve().parent))
     except OSError as exc:
         status = 507 if exc.errno in (errno.ENOSPC, errno.EDQUOT) else 409
         raise RequestError(status, f"cannot store the upload beside the package in {package.resolve().parent} "
@@ -71,12 +76,13 @@ def upload_dir(package: Path) -> Path:
 
 
 def remove_stale_uploads(package: Path) -> list[Path]:
-    """Remove the upload directories beside ``package`` whose service is gone (killed before it could
-    clean up); a running service's, on this machine, are left alone. Returns what was removed."""
-    removed = []
+    """Remove the upload directories beside ``package`` that a service of this host made and that
+    outlived it (killed before it could clean up). A running service's, and another host's (storage
+    shared over a network), are left alone. Returns what was removed."""
+    removed, host = [], socket.gethostname()
     for path in package.resolve().parent.glob(f"{_UPLOAD_PREFIX}*"):
         match = _UPLOAD_NAME.match(path.name)
-        if path.is_dir() and match and not _alive(int(match.group(1))):
+        if path.is_dir() and match and match["host"] == host and not _alive(int(match["pid"])):
             shutil.rmtree(path, ignore_errors=True)
             removed.append(path)
     if removed:
