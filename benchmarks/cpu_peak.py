@@ -29,10 +29,8 @@ from pathlib import Path
 
 import torch
 
-from memo_edge.model import MemoNet
-
 from _report import cpu_name, load_average, write_section  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
-from ort_cpu_profile import macs_per_image  # noqa: E402
+from ort_cpu_profile import build, macs_per_image  # noqa: E402
 
 SOURCE = Path(__file__).with_name("cpu_peak.c")
 KINDS = {"fp32": "avx512f", "bf16": "avx512_bf16", "int8": "avx512_vnni"}  # kernel -> /proc/cpuinfo flag it needs
@@ -68,10 +66,7 @@ def peak(binary: Path, kind: str, threads: int, iterations: int, repeats: int) -
 
 def model_macs(tasks: int) -> tuple[int, int]:
     """(MACs per image of a forward pass, MACs of its first convolution) of MEMO ResNet-32 with ``tasks`` branches."""
-    model = MemoNet("resnet32")
-    for _ in range(tasks):
-        model.expand(10)
-    model.eval()
+    model = build(tasks)
     example = torch.zeros((1, *CIFAR))
     first = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
     return macs_per_image(model, example), macs_per_image(first, example)

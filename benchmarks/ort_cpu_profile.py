@@ -55,8 +55,8 @@ def build(tasks: int) -> MemoNet:
     return model.eval()
 
 
-def macs_per_image(module: nn.Module, example: Tensor) -> int:
-    """Multiply-accumulates of every Conv2d and Linear for one image of ``example``."""
+def macs_per_image(module: nn.Module, example: Tensor, kinds: tuple[type[nn.Module], ...] = (nn.Conv2d, nn.Linear)) -> int:
+    """Multiply-accumulates of every Conv2d and Linear (of ``kinds`` of them) for one image of ``example``."""
     total = 0
 
     def hook(m: nn.Module, _: tuple[Tensor, ...], out: Tensor) -> None:
@@ -67,7 +67,7 @@ def macs_per_image(module: nn.Module, example: Tensor) -> int:
         else:
             total += out[0].numel() * m.in_features  # type: ignore[operator]
 
-    handles = [m.register_forward_hook(hook) for m in module.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    handles = [m.register_forward_hook(hook) for m in module.modules() if isinstance(m, kinds)]
     with torch.no_grad():
         module(example[:1])
     for h in handles:

@@ -50,7 +50,7 @@ from memo_edge.export.quantize import DEFAULT_INT8, Int8Options, quantize_full, 
 from memo_edge.model import MemoNet
 
 from _report import cpu_name, load_average, write_section  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
-from ort_cpu_profile import macs_per_image  # noqa: E402
+from ort_cpu_profile import build, macs_per_image  # noqa: E402
 
 MEAN, STD = (0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761)
 SHAPE = (32, 32, 3)
@@ -102,14 +102,6 @@ def full_graph_macs(model: MemoNet, image: np.ndarray) -> float:
     assert fc is not None
     return float(macs_per_image(model.trunk, example) + sum(macs_per_image(b, shared) for b in model.branches)
                  + fc.in_features * fc.out_features)
-
-
-def build_model(tasks: int) -> MemoNet:
-    torch.manual_seed(0)
-    model = MemoNet("resnet32")
-    for _ in range(tasks):
-        model.expand(10)
-    return model.eval()
 
 
 def build_graphs(model: MemoNet, only: set[str]) -> dict[str, bytes]:
@@ -232,7 +224,7 @@ def check_outputs(data: dict[str, bytes], images: np.ndarray) -> dict[str, float
 
 def measure(args: argparse.Namespace) -> tuple[list[Variant], dict[str, float], list[str]]:
     only = set(args.only.split(","))
-    model = build_model(args.tasks)
+    model = build(args.tasks)
     data = build_graphs(model, only)
     images = np.random.default_rng(1).integers(0, 256, (64, *SHAPE), dtype=np.uint8)
     diffs = check_outputs(data, images)

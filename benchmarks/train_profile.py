@@ -30,7 +30,7 @@ from torch.profiler import ProfilerActivity, profile
 from memo_edge.model import MemoNet
 
 from _report import cpu_name, load_average, write_section  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
-from ort_cpu_profile import macs_per_image  # noqa: E402
+from ort_cpu_profile import build, macs_per_image  # noqa: E402
 from train_speed import setup  # noqa: E402
 
 BATCH = 128
@@ -52,21 +52,9 @@ def group_of(op: str) -> str:
 
 def conv_macs(tasks: int) -> tuple[int, int]:
     """(forward MACs of every Conv2d for one image, those of the first convolution, whose input needs no gradient)."""
-    model = MemoNet("resnet32")
-    for _ in range(tasks):
-        model.expand(10)
-    example = torch.zeros((1, 3, 32, 32))
-    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
-    return sum(macs_per_image(c, _input_of(model, c, example)) for c in convs), macs_per_image(convs[0], example)
-
-
-def _input_of(model: MemoNet, conv: torch.nn.Conv2d, example: torch.Tensor) -> torch.Tensor:
-    seen: list[torch.Tensor] = []
-    handle = conv.register_forward_hook(lambda m, inputs, out: seen.append(inputs[0]))
-    with torch.no_grad():
-        model.eval()(example)
-    handle.remove()
-    return seen[0]
+    model, example = build(tasks), torch.zeros((1, 3, 32, 32))
+    first = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
+    return macs_per_image(model, example, kinds=(torch.nn.Conv2d,)), macs_per_image(first, example)
 
 
 def without_batchnorm(model: MemoNet) -> None:
