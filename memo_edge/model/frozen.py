@@ -64,12 +64,19 @@ def _fold(conv: nn.Conv2d, bn: nn.BatchNorm2d | None) -> tuple[Tensor, Tensor]:
     return w.to(conv.weight.dtype), b.to(conv.weight.dtype)
 
 
+def _is_channels_last(weight: Tensor) -> bool:
+    """Whether a convolution weight is stored NHWC (and not also plain contiguous, as 1x1 kernels can be)."""
+    return weight.is_contiguous(memory_format=torch.channels_last) and not weight.is_contiguous()
+
+
 class _Conv:
-    """One stacked convolution: (weight, bias) of K folded convs, as one dense or grouped conv."""
+    """One stacked convolution: (weight, bias) of K folded convs, as one dense or grouped conv. The weight
+    keeps the layout of the convolutions it comes from (``torch.cat`` would not keep NHWC for it)."""
 
     def __init__(self, convs: list[nn.Conv2d], bns: list[nn.BatchNorm2d | None], shared_input: bool) -> None:
         folded = [_fold(c, bn) for c, bn in zip(convs, bns)]
-        self.weight = torch.cat([w for w, _ in folded])
+        layout = torch.channels_last if _is_channels_last(convs[0].weight) else torch.contiguous_format
+        self.weight = torch.cat([w for w, _ in folded]).contiguous(memory_format=layout)
         self.bias = torch.cat([b for _, b in folded])
         first = convs[0]
         self.stride, self.padding, self.dilation = first.stride, first.padding, first.dilation
@@ -85,7 +92,8 @@ class StackedBranches:
     """K frozen branches as one grouped network; ``__call__(x)`` -> [B, K * feature_dim].
 
     Not an ``nn.Module`` on purpose: it holds derived copies that must never enter a state dict, an
-    optimizer or DDP. Build it after the branches are frozen; it does not follow later weight changes.
+    optimizer or DDP. Build it after the branches are frozen and put in their memory format (its weights
+    take that layout); it does not follow later weight or layout changes.
     """
 
     def __init__(self, branches: list[nn.Module]) -> None:

@@ -125,7 +125,8 @@ class MemoNet(nn.Module):
 
     def stack_frozen_branches(self) -> bool:
         """Run the frozen old branches as one grouped network (``model/frozen.py``) until
-        ``unstack_frozen_branches``; returns whether they could be stacked (CIFAR ResNets only)."""
+        ``unstack_frozen_branches``; returns whether they could be stacked (CIFAR ResNets only). Call it
+        after any memory-format change: the stack's weights take the branches' layout at this moment."""
         old = list(self.branches[:-1])
         frozen = all(not p.requires_grad for b in old for p in b.parameters()) and not any(b.training for b in old)
         self._stack = StackedBranches(old) if old and frozen and can_stack(old) else None

@@ -9,6 +9,10 @@ numbers are drawn on the CPU with it, in a fixed documented order, and only then
 device, so a run gives the same augmentations on CPU and CUDA and resumes exactly from a saved
 generator state.
 
+On a GPU a call never waits for it: the draws travel in one pinned, asynchronous copy
+(``train/transfer.py``), and the normalisation constants are checked once, when the transform is made,
+and uploaded once per device (a per-call check of ``std > 0`` on the device would read a value back).
+
 Policies follow the reference (memo-reference.md, "Training one task"):
 
 - CIFAR: RandomCrop(32, padding=4), RandomHorizontalFlip(), ColorJitter(brightness=63/255), Normalize.
@@ -25,6 +29,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from memo_edge.train.transfer import to_device
 
 __all__ = [
     "to_float_nchw",
@@ -89,18 +95,41 @@ def _as_floats(values: Stats, name: str) -> tuple[float, ...]:
     return out
 
 
+class _Normalize:
+    """``normalize`` with constants checked once (here, on the host) and kept per (device, dtype): the
+    transforms call it every batch, and neither check nor upload may then touch the GPU."""
+
+    def __init__(self, mean: Stats, std: Stats) -> None:
+        self.mean = _as_floats(mean, "mean")
+        self.std = _as_floats(std, "std")
+        if len(self.mean) != len(self.std):
+            raise ValueError(f"mean has {len(self.mean)} values but std has {len(self.std)}")
+        self._on: dict[tuple[torch.device, torch.dtype], tuple[Tensor, Tensor]] = {}
+
+    def __call__(self, x: Tensor) -> Tensor:
+        if x.dim() != 4 or not x.is_floating_point():
+            raise ValueError(f"expected a float batch [B, C, H, W], got dtype {x.dtype} shape {tuple(x.shape)}")
+        if x.shape[1] != len(self.mean):
+            raise ValueError(f"mean has {len(self.mean)} values but the batch has {x.shape[1]} channels")
+        key = (x.device, x.dtype)
+        if key not in self._on:
+            self._on[key] = (_stats(self.mean, x, "mean"), _stats(self.std, x, "std"))
+        m, s = self._on[key]
+        return (x - m) / s
+
+
 class TestTransform:
     """Normalise only: the reference's test transform (ToTensor + Normalize)."""
 
     __test__ = False  # not a pytest test class despite the name
 
     def __init__(self, mean: Stats, std: Stats) -> None:
-        self.mean = _as_floats(mean, "mean")
-        self.std = _as_floats(std, "std")
+        self._normalize = _Normalize(mean, std)
+        self.mean, self.std = self._normalize.mean, self._normalize.std
 
     def __call__(self, images: Tensor, generator: torch.Generator | None = None) -> Tensor:
         # ``generator`` is accepted and ignored so train and test transforms share one call signature.
-        return normalize(to_float_nchw(images), self.mean, self.std)
+        return self._normalize(to_float_nchw(images))
 
 
 @dataclass(frozen=True)
@@ -136,8 +165,8 @@ class CifarAugment:
             raise ValueError(f"brightness must be >= 0, got {brightness}")
         if size is not None and size < 1:
             raise ValueError(f"size must be >= 1, got {size}")
-        self.mean = _as_floats(mean, "mean")
-        self.std = _as_floats(std, "std")
+        self._normalize = _Normalize(mean, std)
+        self.mean, self.std = self._normalize.mean, self._normalize.std
         self.padding = int(padding)
         self.brightness = float(brightness)
         self.size = size
@@ -175,8 +204,7 @@ class CifarAugment:
         # Pad once (zeros, as RandomCrop's default fill), then gather every sample's window at once.
         padded = images.new_zeros((b, h + 2 * p, w + 2 * p, c))
         padded[:, p : p + h, p : p + w] = images
-        top, left = params.top.to(dev), params.left.to(dev)
-        flip = params.flip.to(dev)
+        top, left, flip, factor = _draws_on(params, dev)
         rows = top[:, None] + torch.arange(ch, device=dev)  # [B, ch]
         cols_fwd = torch.arange(cw, device=dev)
         cols = left[:, None] + torch.where(flip[:, None], cw - 1 - cols_fwd, cols_fwd)  # [B, cw]
@@ -185,14 +213,33 @@ class CifarAugment:
         x = to_float_nchw(crops)
         # Brightness: blend with black = x * factor, clamped to the valid range (torchvision's
         # adjust_brightness). Done in float, so unlike PIL the result is not re-quantised to uint8.
-        factor = params.factor.to(device=dev, dtype=x.dtype).view(b, 1, 1, 1)
-        x = (x * factor).clamp_(0.0, 1.0)
-        return normalize(x, self.mean, self.std)
+        x = (x * factor.to(x.dtype).view(b, 1, 1, 1)).clamp_(0.0, 1.0)
+        return self._normalize(x)
 
     def __call__(self, images: Tensor, generator: torch.Generator) -> Tensor:
         _check_batch(images)
         b, h, w, _ = images.shape
         return self.apply(images, self.sample_params(b, h, w, generator))
+
+
+def _draws_on(params: CifarParams, device: torch.device) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(top, left, flip, factor) on ``device``: on a GPU the four draws travel as one block in one
+    asynchronous copy, not as four blocking ones."""
+    if device.type == "cpu":
+        return params.top, params.left, params.flip, params.factor
+    return unpack_draws(to_device(pack_draws(params), device))
+
+
+def pack_draws(params: CifarParams) -> Tensor:
+    """The four draws as one float32 ``[4, B]`` block: offsets (below an image's side plus its padding)
+    and flips are integers that float32 holds exactly, and the factor is float32 already."""
+    return torch.stack([params.top.float(), params.left.float(), params.flip.float(), params.factor.float()])
+
+
+def unpack_draws(block: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(top int64, left int64, flip bool, factor float32) from ``pack_draws``'s block, on its device."""
+    top, left, flip, factor = block.unbind(0)
+    return top.long(), left.long(), flip.bool(), factor
 
 
 @dataclass(frozen=True)
@@ -235,8 +282,8 @@ class ImageNetAugment:
             raise ValueError(f"scale must satisfy 0 < min <= max, got {scale}")
         if not (0 < ratio[0] <= ratio[1]):
             raise ValueError(f"ratio must satisfy 0 < min <= max, got {ratio}")
-        self.mean = _as_floats(mean, "mean")
-        self.std = _as_floats(std, "std")
+        self._normalize = _Normalize(mean, std)
+        self.mean, self.std = self._normalize.mean, self._normalize.std
         self.size = int(size)
         self.scale = (float(scale[0]), float(scale[1]))
         self.ratio = (float(ratio[0]), float(ratio[1]))
@@ -309,10 +356,10 @@ class ImageNetAugment:
         _check_batch(images)
         b, h, w, c = images.shape
         x = to_float_nchw(images)
-        theta = self._theta(params, h, w).to(x.device)
+        theta = to_device(self._theta(params, h, w), x.device)
         grid = F.affine_grid(theta, [b, c, self.size, self.size], align_corners=False)
         out = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
-        return normalize(out, self.mean, self.std)
+        return self._normalize(out)
 
     def __call__(self, images: Tensor, generator: torch.Generator) -> Tensor:
         _check_batch(images)

@@ -13,7 +13,8 @@ from memo_edge.memory.herding import l2_normalize
 from memo_edge.model import MemoNet
 from memo_edge.train.distributed import current_world, gather_rows, shard_bounds
 from memo_edge.train.metrics import TaskMetrics, nme_scores, task_metrics
-from memo_edge.train.precision import autocast
+from memo_edge.train.precision import autocast, batch_memory_format
+from memo_edge.train.transfer import to_device
 
 __all__ = ["iter_batches", "extract", "class_means", "evaluate"]
 
@@ -43,10 +44,12 @@ def extract(
     model.eval()
     world = current_world()
     lo, hi = shard_bounds(len(source), world.rank, world.size)
+    layout = batch_memory_format(device, channels_last=False)  # the model is contiguous outside training
     feats, logits = [], []
     for images, _ in iter_batches(source, np.arange(lo, hi), batch_size):
+        x = transform(to_device(torch.from_numpy(images), device))
         with autocast(precision, device):
-            out = model(transform(torch.from_numpy(images).to(device)))
+            out = model(x if layout is None else x.contiguous(memory_format=layout))
         feats.append(out.features.float().cpu().numpy())
         logits.append(out.logits.float().cpu().numpy())
     model.train(was_training)

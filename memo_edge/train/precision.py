@@ -12,10 +12,16 @@ matrix work (convolutions, linear layers) runs in the lower precision, losses an
 - ``fp32``: no autocast at all; the default, and bit for bit the trainer as it was.
 
 ``channels_last`` (``use_channels_last``) only on CUDA with a 16-bit precision, the layout tensor cores
-want. On the CPU the weights stay contiguous, yet the activations are channels_last all the same: the
-augmented batch is a permuted NHWC tensor, whose strides oneDNN follows. Converting the model too
-measured no faster, and copying the batch to NCHW order slower (docs/benchmarks.md, train_speed and
-train_speed_layout), so the CPU keeps what it has, and fp32 everywhere stays bit for bit what it was.
+want. On a GPU every batch is put in the model's layout (``batch_memory_format``): one layout per run,
+never NHWC activations against NCHW weights. On the CPU the weights stay contiguous, yet the activations
+are channels_last all the same: the augmented batch is a permuted NHWC tensor, whose strides oneDNN
+follows. Converting the model too measured no faster, and copying the batch to NCHW order slower
+(docs/benchmarks.md, train_speed and train_speed_layout), so the CPU keeps what it has, and fp32 there
+stays bit for bit what it was.
+
+``fp32`` means float32 arithmetic on a GPU too: torch lets cuDNN run float32 convolutions as TF32 (a
+10-bit mantissa) by default on Ampere and later, so training turns TF32 off for cuDNN and cuBLAS while
+it runs (``exact_float32``) and records the flags in results.json (``numerics``).
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ from torch import nn
 from memo_edge.errors import InputError
 
 __all__ = ["PRECISIONS", "resolve_precision", "autocast", "make_scaler", "use_channels_last", "to_memory_format",
-           "cpu_bf16_native"]
+           "batch_memory_format", "exact_float32", "numerics", "cpu_bf16_native"]
 
 PRECISIONS = ("fp32", "bf16", "fp16", "auto")
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -86,3 +92,43 @@ def use_channels_last(precision: str, device: torch.device) -> bool:
 def to_memory_format(module: nn.Module, channels_last: bool) -> nn.Module:
     """The model in the chosen memory format (contiguous NCHW when not channels_last)."""
     return module.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+
+
+def batch_memory_format(device: torch.device, channels_last: bool) -> torch.memory_format | None:
+    """The layout every training batch is put in: the model's on a GPU (one layout per run; cuDNN given
+    NHWC activations and NCHW weights converts one of them on every call), None on the CPU unless the
+    model is channels_last (the augmented batch keeps its NHWC strides there: measured fastest)."""
+    if channels_last:
+        return torch.channels_last
+    return torch.contiguous_format if device.type == "cuda" else None
+
+
+@contextlib.contextmanager
+def exact_float32(device: torch.device) -> Iterator[None]:
+    """float32 work in float32 on a GPU: TF32 off for cuDNN's convolutions (on by default in torch) and
+    cuBLAS's matrix products while the block runs, the flags as they were afterwards. Nothing on a CPU.
+    Under autocast it concerns the operations autocast leaves in float32."""
+    if device.type != "cuda":
+        yield
+        return
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+def numerics(precision: str, device: torch.device) -> dict[str, object]:
+    """What the arithmetic of a run on ``device`` is (results.json "numerics"): the autocast type, TF32
+    (never: ``exact_float32``), the cuDNN flags, the layout, and torch's float32 matmul precision."""
+    cuda = device.type == "cuda"
+    return {
+        "precision": precision,
+        "autocast": None if precision == "fp32" else str(_DTYPES[precision]).removeprefix("torch."),
+        "tf32": False,
+        "float32_matmul_precision": torch.get_float32_matmul_precision(),
+        "channels_last": use_channels_last(precision, device),
+        "cudnn": {"version": torch.backends.cudnn.version(), "benchmark": torch.backends.cudnn.benchmark,
+                  "deterministic": torch.backends.cudnn.deterministic} if cuda else None,
+    }

@@ -39,6 +39,7 @@ class TaskRecord:
     class_bytes: int | None = None  # stored bytes per class the memory rule allowed (None: runs before codecs)
     codec: str = "raw"  # how the exemplars are stored; exemplar_bytes counts them so
     codec_seconds: float = 0.0  # encoding and decoding the task's images under the codec
+    train_seconds: float = 0.0  # the training epochs alone (0.0: runs before it was recorded)
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)

@@ -39,7 +39,7 @@ from memo_edge.train.checkpoint import (
 from memo_edge.train.config import TrainConfig, default_scenario
 from memo_edge.train.distributed import current_world
 from memo_edge.train.features import evaluate
-from memo_edge.train.precision import resolve_precision
+from memo_edge.train.precision import exact_float32, numerics, resolve_precision
 from memo_edge.train.recipe import default_train_base, paper_recipe
 from memo_edge.train.results import TaskRecord, producer_versions, write_results
 from memo_edge.train.task import Transforms, learn_task
@@ -191,6 +191,7 @@ def _header(setup: RunSetup) -> dict[str, Any]:
         "train_base": setup.train_base,
         "device": str(setup.device),
         "precision": setup.precision,  # as it ran: config.precision "auto" resolved on this hardware
+        "numerics": numerics(setup.precision, setup.device),  # autocast type, TF32 (off), cuDNN flags, layout
         "distributed": current_world().to_json(),
         "versions": producer_versions(),
     }
@@ -242,7 +243,7 @@ def train(config: TrainConfig, *, resume: bool = False, force: bool = False, on_
     # Before anything can create it; only the writer (rank 0) ever creates or removes it.
     created = None if resume or not current_world().is_writer else _first_missing(Path(config.out))
     setup = prepare(config)
-    with _removed_unless_kept(created) as keep:
+    with _removed_unless_kept(created) as keep, exact_float32(setup.device):
         return _train(setup, resume=resume, force=force, on_task=on_task, keep=keep)
 
 
@@ -337,5 +338,6 @@ def _run_task(
         class_bytes=result.class_bytes,
         codec=setup.codec.spec,
         codec_seconds=result.codec_seconds,
+        train_seconds=result.train_seconds,
     )
     return model, result.exemplars, record

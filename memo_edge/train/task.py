@@ -27,8 +27,16 @@ from memo_edge.model import MemoNet
 from memo_edge.train.codec_mix import CodecMix
 from memo_edge.train.distributed import World, all_sum, current_world, end_training, shard_batch, wrap_for_training
 from memo_edge.train.features import class_means, extract
-from memo_edge.train.precision import autocast, make_scaler, to_memory_format, use_channels_last
+from memo_edge.train.precision import (
+    autocast,
+    batch_memory_format,
+    exact_float32,
+    make_scaler,
+    to_memory_format,
+    use_channels_last,
+)
 from memo_edge.train.recipe import Recipe, build_optimizer, build_scheduler
+from memo_edge.train.transfer import to_device
 
 __all__ = ["TaskResult", "Transforms", "learn_task", "train_step"]
 
@@ -52,6 +60,7 @@ class TaskResult:
     step_losses: tuple[float, ...] = ()  # mean loss of each global batch, all epochs in order
     class_bytes: int = 0  # stored bytes per class the memory rule allows
     codec_seconds: float = 0.0  # encoding and decoding the new task's images under the exemplar codec
+    train_seconds: float = 0.0  # the training epochs alone (no herding, class means or codec work)
 
 
 def learn_task(
@@ -109,26 +118,38 @@ def learn_task(
             model.freeze_trunk()
     data = concat_sources([train_new, ArraySource(exemplars.images, exemplars.labels)]) if len(exemplars) else train_new
     nhwc = use_channels_last(precision, device) if channels_last is None else channels_last
-    if stack_frozen and model.num_branches > 1 and not model.stack_frozen_branches():
-        log.debug("%s: these branches cannot be stacked; the plain path trains", desc)
-    if nhwc:
-        to_memory_format(model, True)
-    try:
-        loss, speed, steps = _train(model, data, recipe, transforms.train, device, generator, desc, on_epoch,
-                                    precision=precision, channels_last=nhwc,
-                                    mix=train_new if isinstance(train_new, CodecMix) else None)
-    finally:
-        model.unstack_frozen_branches()
-        if nhwc:  # checkpoints, export and the device want plain contiguous tensors
-            to_memory_format(model, False)
-    gamma = model.weight_align()
+    with exact_float32(device):
+        if nhwc:  # before stacking: the stack's derived weights take the layout of the weights they come from
+            to_memory_format(model, True)
+        if stack_frozen and model.num_branches > 1 and not model.stack_frozen_branches():
+            log.debug("%s: these branches cannot be stacked; the plain path trains", desc)
+        try:
+            loss, speed, steps, seconds = _train(model, data, recipe, transforms.train, device, generator, desc,
+                                                 on_epoch, precision=precision, channels_last=nhwc,
+                                                 mix=train_new if isinstance(train_new, CodecMix) else None)
+        finally:
+            model.unstack_frozen_branches()
+            if nhwc:  # checkpoints, export and the device want plain contiguous tensors
+                to_memory_format(model, False)
+        gamma = model.weight_align()
+        updated, means, per_class, share = _remember(model, new_data, exemplars, memory, transforms, device,
+                                                     precision, None if codec.is_raw else (seen_images, encoded))
+    return TaskResult(updated, means, gamma, loss, speed, per_class, steps, share, round(codec_seconds, 3),
+                      round(seconds, 3))
 
+
+def _remember(model: MemoNet, new_data: ImageSource, exemplars: ExemplarSet, memory: MemoryPolicy,
+              transforms: Transforms, device: torch.device, precision: str,
+              round_trip: tuple[np.ndarray, list[bytes]] | None) -> tuple[ExemplarSet, np.ndarray, int, int]:
+    """Steps 5-6 of a task, after training: (the new exemplar memory, every class's mean, raw exemplars per
+    class, stored bytes per class). ``round_trip``: the new images as the exemplar codec gives them back,
+    and their stored forms (None: raw, read here)."""
+    codec = exemplars.codec
     raw = exemplar_bytes(new_data.image_shape)
     per_class = memory.per_class(model.num_classes, model_bytes=model.model_bytes(), bytes_per_exemplar=raw)
     share = memory.class_bytes(model.num_classes, model_bytes=model.model_bytes(), bytes_per_exemplar=raw)
     kept = exemplars.fit(share)
-    if codec.is_raw:
-        seen_images, encoded = new_data.take(np.arange(len(new_data))), None
+    seen_images, encoded = round_trip if round_trip is not None else (new_data.take(np.arange(len(new_data))), None)
     new_view = new_data if codec.is_raw else ArraySource(seen_images, new_data.labels)
     new_features, _ = extract(model, new_view, transforms.test, device, precision=precision)
     selected = select_exemplars(seen_images, new_data.labels, new_features, class_bytes=share, encoded=encoded,
@@ -138,8 +159,7 @@ def learn_task(
         _check_every_class_kept(updated, model.num_classes, share, codec)
     # Prototypes of every seen class come from the current model (old classes' features moved too).
     feats, _ = extract(model, ArraySource(updated.images, updated.labels), transforms.test, device, precision=precision)
-    means = class_means(feats, updated.labels, model.num_classes)
-    return TaskResult(updated, means, gamma, loss, speed, per_class, steps, share, round(codec_seconds, 3))
+    return updated, class_means(feats, updated.labels, model.num_classes), per_class, share
 
 
 def _check_every_class_kept(exemplars: ExemplarSet, num_classes: int, share: int, codec: Codec) -> None:
@@ -153,8 +173,10 @@ def _check_every_class_kept(exemplars: ExemplarSet, num_classes: int, share: int
 
 def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: Tensor, y: Tensor, known: int,
                *, loss_scale: float = 1.0, precision: str = "fp32",
-               scaler: torch.amp.GradScaler | None = None) -> float:
-    """One SGD step on a preprocessed batch; returns the loss (the batch mean).
+               scaler: torch.amp.GradScaler | None = None) -> Tensor:
+    """One SGD step on a preprocessed batch; returns the loss (the batch mean) as a detached 0-d tensor on
+    the batch's device: reading it (``float(loss)``) waits for the GPU, so the trainer reads its steps'
+    losses once an epoch, not after every step.
 
     ``model``: a MemoNet, or DDP over one. ``loss_scale`` weights this process's share of a global batch
     (its size x processes / global size): DDP averages gradients over processes, which then gives the
@@ -175,9 +197,11 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: Tensor, y:
         optimizer.step()
     else:
         scaler.scale(scaled).backward()
-        scaler.step(optimizer)  # skipped (and the scale lowered) when a gradient overflowed
+        # Skipped (and the scale lowered) when a gradient overflowed. With a fused optimizer (CUDA,
+        # train/recipe.py) the overflow check stays on the GPU; otherwise it reads one flag back.
+        scaler.step(optimizer)
         scaler.update()
-    return loss.item()
+    return loss.detach()
 
 
 def _batches(order: np.ndarray, batch_size: int, world_size: int) -> list[np.ndarray]:
@@ -202,8 +226,9 @@ def _train(
     precision: str = "fp32",
     channels_last: bool = False,
     mix: CodecMix | None = None,
-) -> tuple[float, float, tuple[float, ...]]:
-    """Train for ``recipe.epochs``; returns (mean loss of the last epoch, images per second, step losses).
+) -> tuple[float, float, tuple[float, ...], float]:
+    """Train for ``recipe.epochs``; returns (mean loss of the last epoch, images per second, step losses,
+    seconds spent in the epochs).
 
     In a distributed run every process walks the same global batches and trains on its share of each.
     ``mix``: the part of ``data`` whose codec round trips are redrawn before every epoch.
@@ -217,7 +242,7 @@ def _train(
     optimizer = build_optimizer(params, recipe)
     scheduler = build_scheduler(optimizer, recipe)
     step = _Step(known=model.known_classes, world=world, precision=precision, scaler=make_scaler(precision, device),
-                 memory_format=torch.channels_last if channels_last else torch.contiguous_format,
+                 memory_format=batch_memory_format(device, channels_last),
                  resident=None if mix is not None else _resident(data, device, world))
     seen, elapsed, loss_mean, steps = 0, 0.0, float("nan"), []
     succeeded = False
@@ -231,26 +256,30 @@ def _train(
             order = order_t.numpy()
             batches = _batches(order, recipe.batch_size, world.size)
             if step.resident is not None:  # one host-to-device copy of the epoch's order, none per batch
-                step.resident.order = order_t.to(device, non_blocking=True)
-            sums, total, count, local_count = [], 0.0, 0, 0
+                step.resident.order = to_device(order_t, device)
+            losses, shares, count = [], [], 0
             bar = tqdm(batches, desc=f"{desc} epoch {epoch + 1}/{recipe.epochs}", leave=False, unit="batch",
                        disable=None if world.is_writer else True)
             for b, idx in enumerate(bar):
                 loss, local = _step(net, optimizer, data, idx, augment, generator, device, step,
                                     offset=b * recipe.batch_size)
-                sums.append(loss * local)
-                steps.append(loss)
-                total += sums[-1]
+                losses.append(loss)
+                shares.append(local)
                 count += len(idx)
-                local_count += local
-                bar.set_postfix(loss=f"{total / local_count:.3f}", img_s=f"{count / (time.perf_counter() - start):.0f}")
+                if not bar.disable and (b + 1) % _BAR_LOSS_EVERY == 0:  # shown, so read back: one sync
+                    bar.set_postfix(loss=f"{_mean_loss(losses, shares):.3f}",
+                                    img_s=f"{count / (time.perf_counter() - start):.0f}")
             scheduler.step()
+            # The epoch's step losses read back at once: the only wait for the GPU in the epoch.
+            epoch_losses = torch.stack(losses).float().tolist() if losses else []
+            sums = [loss * local for loss, local in zip(epoch_losses, shares)]
             if world.size > 1:  # each step's loss over the global batch: one all-reduce an epoch
                 sums = all_sum(sums)
-                steps[len(steps) - len(sums):] = [s / len(b) for s, b in zip(sums, batches)]
-                total = 0.0
-                for s in sums:
-                    total += s
+                epoch_losses = [s / len(b) for s, b in zip(sums, batches)]
+            steps.extend(epoch_losses)
+            total = 0.0
+            for s in sums:
+                total += s
             elapsed += time.perf_counter() - start
             seen += count
             loss_mean = total / max(count, 1)
@@ -260,7 +289,16 @@ def _train(
         succeeded = True
     finally:
         end_training(model, succeeded=succeeded)
-    return loss_mean, seen / elapsed if elapsed else 0.0, tuple(steps)
+    return loss_mean, seen / elapsed if elapsed else 0.0, tuple(steps), elapsed
+
+
+_BAR_LOSS_EVERY = 25  # steps between the progress bar's loss readings (each one waits for the GPU)
+
+
+def _mean_loss(losses: list[Tensor], shares: list[int]) -> float:
+    """This process's mean loss over the steps so far (a progress display, not a result): one read-back."""
+    values = torch.stack(losses).float().cpu()
+    return float((values * torch.tensor(shares, dtype=torch.float32)).sum()) / max(sum(shares), 1)
 
 
 RESIDENT_BYTES = 2 << 30  # training images up to this size stay on the GPU for the whole task
@@ -292,15 +330,15 @@ class _Step:
     world: World
     precision: str
     scaler: torch.amp.GradScaler | None
-    memory_format: torch.memory_format
+    memory_format: torch.memory_format | None  # the layout every batch is put in (None: as augmented)
     resident: _Resident | None = None
 
 
 def _step(net: nn.Module, optimizer: torch.optim.Optimizer, data: ImageSource, idx: np.ndarray,
           augment: Callable[[Tensor, torch.Generator], Tensor], generator: torch.Generator, device: torch.device,
-          step: _Step, *, offset: int = 0) -> tuple[float, int]:
+          step: _Step, *, offset: int = 0) -> tuple[Tensor, int]:
     """One step on global batch ``idx`` (``order[offset : offset + len(idx)]``); returns (this process's mean
-    loss, its number of images)."""
+    loss, a 0-d tensor on the device, and its number of images)."""
     world = step.world
     if step.resident is not None and step.resident.order is not None:
         ids = step.resident.order[offset : offset + len(idx)]
@@ -308,13 +346,13 @@ def _step(net: nn.Module, optimizer: torch.optim.Optimizer, data: ImageSource, i
         y = step.resident.labels[ids]
         scale = 1.0
     elif world.size == 1:
-        x = augment(torch.from_numpy(data.take(idx)).to(device, non_blocking=True), generator)
-        y = torch.from_numpy(data.labels[idx]).to(device)
+        x = augment(to_device(torch.from_numpy(data.take(idx)), device), generator)
+        y = to_device(torch.from_numpy(data.labels[idx]), device)
         scale = 1.0
     else:
         x, y = shard_batch(data, idx, augment, generator, device, world)
         scale = len(y) * world.size / len(idx)
-    if step.memory_format is not torch.contiguous_format:
+    if step.memory_format is not None:
         x = x.contiguous(memory_format=step.memory_format)
     return train_step(net, optimizer, x, y, step.known, loss_scale=scale, precision=step.precision,
                       scaler=step.scaler), len(y)
