@@ -313,6 +313,20 @@ def bench(package: Path, batch: str, backends: tuple[str, ...], iterations: int,
                                       precision=precision)))
 
 
+@main.command()
+@click.option("--json", "as_json", is_flag=True,
+              help="Machine-readable output: every check (status, detail, what it enables) and each capability.")
+def doctor(as_json: bool) -> None:
+    """What this machine can run and why not: Python, ONNX Runtime, CUDA, GPUs, TensorRT, torch, JetPack.
+
+    A report, not a gate: it exits 0 whatever it finds (docs/runtime.md).
+    """
+    from memo_edge.runtime.doctor import format_report, run_checks
+
+    report = run_checks()
+    click.echo(json.dumps(report.to_json(), indent=2) if as_json else format_report(report))
+
+
 def _methods(value: str) -> list[str]:
     from memo_edge.model.methods import method_names
 
