@@ -61,7 +61,7 @@ ENGINE_JSON = "engine.json"
 # (2: engines are no longer built refittable, and the key no longer says so).
 KEY_SCHEMA = 2
 
-TRT_MISSING = "TensorRT is not installed: pip install 'memo-edge[trt]' (on a Jetson it comes with JetPack 6: TensorRT 10.3)"
+TRT_MISSING = "TensorRT is not installed: pip install 'memo-edge[trt]' (on a Jetson it comes with JetPack 6.1 or later: TensorRT 10.3)"
 GPU_MISSING = (
     "no NVIDIA GPU visible (check the NVIDIA driver and CUDA_VISIBLE_DEVICES); TensorRT engines are built on "
     "the GPU that will run them"
