@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import itertools
+import json
 import os
 import platform
 import statistics
@@ -49,7 +50,7 @@ CIFAR_MEAN, CIFAR_STD = (0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761)
 
 
 def setup(tasks: int, *, batch: int, device: torch.device, precision: str = "fp32", path: str = "plain",
-          trunk: str = "trained", memory_format: str = "nchw", compile: str = "off",
+          trunk: str = "trained", memory_format: str = "nchw", compile: str = "off", tf32: str = "off",
           edit: Callable[[MemoNet], None] | None = None) -> tuple[Callable[[], None], dict]:
     """A model in one configuration and its timed step (augment + train_step); in a process group, this
     rank's share of the global batch. ``edit`` changes the model before anything else (an ablation)."""
@@ -65,12 +66,12 @@ def setup(tasks: int, *, batch: int, device: torch.device, precision: str = "fp3
     model.freeze_old_branches()
     if trunk == "frozen" and tasks > 1:
         model.freeze_trunk()
-    if path == "stacked" and not model.stack_frozen_branches():
-        raise SystemExit(f"cannot stack the frozen branches at T = {tasks}")
     if memory_format not in ("nchw", "nhwc", "contiguous"):
         raise SystemExit(f"--memory-format: nchw, nhwc or contiguous, not {memory_format}")
     nhwc = memory_format == "nhwc"
-    to_memory_format(model, nhwc)
+    to_memory_format(model, nhwc)  # before stacking, as the trainer does: the stack takes the weights' layout
+    if path == "stacked" and not model.stack_frozen_branches():
+        raise SystemExit(f"cannot stack the frozen branches at T = {tasks}")
     net = wrap_for_training(model, device)
     if compile == "on":  # torch.compile (inductor): the first step pays the compilation
         net = torch.compile(net)
@@ -83,6 +84,8 @@ def setup(tasks: int, *, batch: int, device: torch.device, precision: str = "fp3
     scaler = make_scaler(precision, device)
 
     def step() -> None:
+        # fp32 as the trainer runs it (TF32 off, train/precision.py), or TF32 on: the lever it gives up.
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = tf32 == "on"
         x = augment.apply(images, augment.sample_params(hi - lo, 32, 32, gen))
         if nhwc:
             x = x.contiguous(memory_format=torch.channels_last)
@@ -93,8 +96,11 @@ def setup(tasks: int, *, batch: int, device: torch.device, precision: str = "fp3
         if device.type == "cuda":
             torch.cuda.synchronize()
 
+    if tf32 not in ("off", "on"):
+        raise SystemExit(f"--tf32: off or on (or off,on), not {tf32}")
     row = {"tasks": tasks, "precision": precision, "path": path if tasks > 1 else "-",
-           "trunk": trunk if tasks > 1 else "trained", "memory_format": memory_format, "compile": compile}
+           "trunk": trunk if tasks > 1 else "trained", "memory_format": memory_format, "compile": compile,
+           "tf32": tf32 if device.type == "cuda" else "-"}
     return step, row
 
 
@@ -178,19 +184,21 @@ def to_markdown(rows: list[dict], args: argparse.Namespace, device: torch.device
         "weights contiguous, the batch as the augmentation returns it (what the trainer does on a CPU; the batch "
         "is a permuted NHWC tensor, so its strides are channels_last ones and oneDNN keeps the activations "
         "channels_last), nhwc = weights and batch converted to channels_last, contiguous = the batch copied "
-        "to NCHW order; compile: torch.compile (inductor) of the training module; first step: the first "
-        "warm-up step (with compile: its compilation)",
+        "to NCHW order (what the trainer does on a GPU without channels_last); compile: torch.compile (inductor) of "
+        "the training module; tf32: TF32 for float32 convolutions and matrix products (GPUs; the trainer keeps it "
+        "off); first step: the first warm-up step (with compile: its compilation)",
         f"- command: `.venv/bin/python benchmarks/train_speed.py --device {device.type} --tasks {args.tasks} "
         f"--trunk {args.trunk} --precision {args.precision} --path {args.path} --memory-format {args.memory_format} "
-        f"--compile {args.compile} --steps {args.steps} --warmup {args.warmup}"
+        f"--compile {args.compile} --tf32 {args.tf32} --steps {args.steps} --warmup {args.warmup}"
         f"{f' --write {args.write} --section {args.section}' if args.write else ''}`",
         "",
-        "| tasks (branches) | trunk | precision | frozen path | memory format | compile | first step (s) | median step (s) "
-        "| p95 step (s) | images/s (median) | images/s (best step) | vs first row of its T (median) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| tasks (branches) | trunk | precision | frozen path | memory format | compile | tf32 | first step (s) "
+        "| median step (s) | p95 step (s) | images/s (median) | images/s (best step) | vs first row of its T (median) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     targets = []
-    for tasks, trunk, target in ((1, "trained", 690), (10, "frozen", 370)):  # issue 13, this 2-core CPU, batch 128
+    cpu_targets = ((1, "trained", 690), (10, "frozen", 370)) if device.type == "cpu" else ()
+    for tasks, trunk, target in cpu_targets:  # issue 13's, for the 2-core CPU, batch 128
         best = max((r for r in rows if r["tasks"] == tasks and r["trunk"] == trunk), default=None,
                    key=lambda r: r["images_per_s"])
         if best is not None:
@@ -204,7 +212,7 @@ def to_markdown(rows: list[dict], args: argparse.Namespace, device: torch.device
         key = (r["tasks"], r["trunk"])
         base.setdefault(key, r["images_per_s"])
         lines.append(f"| {r['tasks']} | {r['trunk']} | {r['precision']} | {r['path']} | {r['memory_format']} | "
-                     f"{r['compile']} | {r['first_s']:.2f} | {r['median_s']:.3f} | {r['p95_s']:.3f} | {r['images_per_s']:.0f} | "
+                     f"{r['compile']} | {r['tf32']} | {r['first_s']:.2f} | {r['median_s']:.3f} | {r['p95_s']:.3f} | {r['images_per_s']:.0f} | "
                      f"{r['best_images_per_s']:.0f} | {r['images_per_s'] / base[key]:.2f}x |")
     return "\n".join(lines) + "\n"
 
@@ -215,10 +223,11 @@ def matrix(args: argparse.Namespace) -> list[dict]:
     for tasks in (int(t) for t in args.tasks.split(",")):
         trunks = args.trunk.split(",") if tasks > 1 else ["trained"]
         paths = args.path.split(",") if tasks > 1 else ["plain"]
-        for trunk, precision, path, memory_format, compile in itertools.product(
-                trunks, args.precision.split(","), paths, args.memory_format.split(","), args.compile.split(",")):
+        for trunk, precision, path, memory_format, compile, tf32 in itertools.product(
+                trunks, args.precision.split(","), paths, args.memory_format.split(","), args.compile.split(","),
+                args.tf32.split(",")):
             combo = dict(tasks=tasks, trunk=trunk, precision=precision, path=path, memory_format=memory_format,
-                         compile=compile)
+                         compile=compile, tf32=tf32)
             if combo not in combos:
                 combos.append(combo)
     return combos
@@ -263,9 +272,12 @@ def main() -> None:
                         help="nchw (weights contiguous, the batch as augmented), nhwc (channels_last), contiguous "
                              "(the batch copied to NCHW order), comma-separated")
     parser.add_argument("--compile", default="off", help="off, on or both: torch.compile of the training module")
+    parser.add_argument("--tf32", default="off", help="off (what the trainer runs: float32 is float32), on, or "
+                        "off,on: TF32 in cuDNN and cuBLAS for the float32 work (GPUs only)")
     parser.add_argument("--section", default="train_speed", help="the section of --write to replace")
     parser.add_argument("--nproc", help="Distributed mode: process counts to compare, e.g. 1,2 (one --tasks value)")
     parser.add_argument("--write", type=Path, help="Markdown file whose section to replace, e.g. docs/benchmarks.md")
+    parser.add_argument("--json", type=Path, help="also write the rows as JSON here (benchmarks/gpu_session.py reads it)")
     args = parser.parse_args()
     device = torch.device(args.device)
     if args.nproc:
@@ -286,6 +298,8 @@ def main() -> None:
                       f"{r['images_per_s']:.0f} img/s median, {r['best_images_per_s']:.0f} best", flush=True)
     section = to_markdown(rows, args, device)
     print(section)
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=1) + "\n")
     if args.write:
         write_section(args.write, args.section, section)
 
