@@ -36,6 +36,7 @@ from torch.nn.parallel import DistributedDataParallel
 from memo_edge.data.sources import ImageSource
 from memo_edge.errors import InputError, MemoEdgeError
 from memo_edge.train.syncbn import to_plain_batchnorm, to_sync_batchnorm
+from memo_edge.train.transfer import to_device
 
 __all__ = ["World", "current_world", "launched_by_torchrun", "distributed_session", "shard_bounds",
            "shard_batch", "gather_rows", "all_sum", "wrap_for_training", "end_training", "DEFAULT_TIMEOUT_S"]
@@ -187,9 +188,9 @@ def shard_batch(data: ImageSource, idx: np.ndarray, augment: Callable[..., Tenso
     mine = idx[lo:hi]
     height, width = data.image_shape[:2]
     params = augment.sample_params(len(idx), height, width, generator)
-    images = torch.from_numpy(data.take(mine)).to(device, non_blocking=True)
+    images = to_device(torch.from_numpy(data.take(mine)), device)
     x = augment.apply(images, _slice_params(params, lo, hi))  # type: ignore[attr-defined]
-    return x, torch.from_numpy(data.labels[mine]).to(device)
+    return x, to_device(torch.from_numpy(data.labels[mine]), device)
 
 
 def all_sum(values: Sequence[float]) -> list[float]:
