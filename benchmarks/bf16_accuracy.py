@@ -98,6 +98,9 @@ def to_markdown(rows: list[dict], args: argparse.Namespace, load_before: str) ->
         f"--device {device.type} --precisions {args.precisions} "
         + (f"--subset {args.subset} " if args.subset else f"--classes {args.classes} ")
         + f"--scenario {args.scenario} --init-epochs {args.init_epochs} --epochs {args.epochs}"
+        + (f" --backbone {args.backbone}" if args.backbone != "resnet32" else "")
+        + (f" --memory {args.memory}" if args.memory != 2000 else "")
+        + (f" --batch-size {args.batch_size}" if args.batch_size != 128 else "")
         f"{' --stack-frozen' if args.stack_frozen else ''}{f' --write {args.write}' if args.write else ''}`",
         f"- target: average incremental accuracy within {args.tolerance} pp of fp32: **{'; '.join(verdicts)}**",
         "",
