@@ -37,10 +37,10 @@ from _report import cpu_name, write_section  # noqa: E402  (benchmarks/ is on sy
 
 
 VARIANTS = {  # the levers of docs/benchmarks.md's "ONNX Runtime CPU levers" section, for accuracy
-    "previous": Int8Options(shortcut_conv=False),
+    "previous": Int8Options(shortcut_conv=False, reduce_range=False),
     "qoperator": Int8Options(format="qoperator"),
     "per-tensor": Int8Options(per_channel=False),
-    "reduce-range": Int8Options(reduce_range=True),
+    "full-range": Int8Options(reduce_range=False),
     "entropy": Int8Options(calibration="entropy"),
     "percentile": Int8Options(calibration="percentile"),
 }

@@ -54,7 +54,7 @@ from ort_cpu_profile import build, macs_per_image  # noqa: E402
 
 MEAN, STD = (0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761)
 SHAPE = (32, 32, 3)
-OLD_INT8 = Int8Options(shortcut_conv=False)  # what export --int8 made before this benchmark
+OLD_INT8 = Int8Options(shortcut_conv=False, reduce_range=False)  # what export --int8 made before this benchmark
 
 
 @dataclass
@@ -136,7 +136,7 @@ def int8_graphs() -> dict[str, Int8Options]:
         "int8-qop": Int8Options(format="qoperator"),
         "int8-qop-nosc": Int8Options(format="qoperator", shortcut_conv=False),
         "int8-tensor": Int8Options(per_channel=False),
-        "int8-rr": Int8Options(reduce_range=True),
+        "int8-full": Int8Options(reduce_range=False),
     }
 
 
@@ -148,8 +148,9 @@ def one_thread_variants() -> list[Variant]:
         Variant("as exported, 1 intra-op thread", "fp32", "fp32", one),
         Variant("option-A shortcuts as 1x1 convs, 1 intra-op thread", "fp32", "fp32-sc", one),
         *(Variant(f"{Int8Options(**o).describe()}, 1 intra-op thread", "int8", key, one) for key, o in (
-            ("int8-old", {"shortcut_conv": False}), ("int8", {}), ("int8-qop", {"format": "qoperator"}),
-            ("int8-tensor", {"per_channel": False}), ("int8-rr", {"reduce_range": True}))),
+            ("int8-old", {"shortcut_conv": False, "reduce_range": False}), ("int8", {}),
+            ("int8-qop", {"format": "qoperator"}), ("int8-tensor", {"per_channel": False}),
+            ("int8-full", {"reduce_range": False}))),
     ]
 
 
@@ -179,7 +180,7 @@ def variants(only: set[str]) -> list[Variant]:
             Variant(Int8Options(format="qoperator").describe(), "int8", "int8-qop"),
             Variant(Int8Options(format="qoperator", shortcut_conv=False).describe(), "int8", "int8-qop-nosc"),
             Variant(Int8Options(per_channel=False).describe(), "int8", "int8-tensor"),
-            Variant(Int8Options(reduce_range=True).describe(), "int8", "int8-rr"),
+            Variant(Int8Options(reduce_range=False).describe(), "int8", "int8-full"),
             Variant("default graph, ORT_ENABLE_EXTENDED", "int8", "int8", {"level": "extended"}),
             Variant("default graph, 1 intra-op thread", "int8", "int8", {"threads": 1}),
             Variant("default graph, parallel execution, 2 inter-op x 1 intra-op threads", "int8", "int8",
