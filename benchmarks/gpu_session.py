@@ -50,7 +50,7 @@ import tempfile
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +78,7 @@ class Context:
     docs: Path  # the benchmarks file the stages write their sections into
     data: Path  # .gpu-data (carried): the real CIFAR-100 subset
     quick: bool = False  # tiny sizes: the driver's own CPU test
+    stage_s: int = 0  # the seconds the running stage was given (its commands may plan with them)
 
     @property
     def gpu(self) -> bool:
@@ -172,7 +173,7 @@ def run_stage(stage: Stage, ctx: Context, timeout_s: int, log, env: dict[str, st
     start = time.monotonic()
     log.write(f"\n===== stage {stage.name} (up to {timeout_s} s) =====\n")
     status, detail = "passed", ""
-    for cmd in stage.commands(ctx):
+    for cmd in stage.commands(replace(ctx, stage_s=timeout_s)):
         left = timeout_s - (time.monotonic() - start)
         rc = run_command(cmd, left, log, env)
         if rc is None:
@@ -475,12 +476,18 @@ def protocol_commands(ctx: Context) -> list[Command]:
         make = ["--classes", "100", "--train-per-class", "500", "--test-per-class", "100"]
         run = ["--init-epochs", "3", "--epochs", "2"]
     precision = ["--precision", "bf16", "--stack-frozen"] if ctx.gpu else ["--precision", "fp32"]
+    # Stop after the task that passes the stage's time less a margin (making the data, the last task,
+    # the report): a clean stop writes the section, a cut one only the JSON of the finished tasks.
+    budget = ["--budget-s", str(max(ctx.stage_s - PROTOCOL_MARGIN_S, 10))] if ctx.stage_s else []
     return [
         _py(ctx, str(ROOT / "benchmarks" / "stage_gpu_data.py"), "synthetic", "--out", str(data), *make, "--seed", "0"),
         _py(ctx, str(ROOT / "benchmarks" / "protocol_projection.py"), "--data", str(data), "--out",
-            str(ctx.work / "protocol"), "--device", ctx.device, *precision, *run, "--json",
+            str(ctx.work / "protocol"), "--device", ctx.device, *precision, *run, *budget, "--json",
             str(ctx.work / "protocol.json"), "--write", str(ctx.docs)),
     ]
+
+
+PROTOCOL_MARGIN_S = 75
 
 
 def protocol_figures(ctx: Context) -> str:

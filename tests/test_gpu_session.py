@@ -4,6 +4,7 @@ every stage, the sections it hands back and their merge, and the protocol projec
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import subprocess
@@ -66,6 +67,9 @@ def test_the_order_of_value_and_what_a_cpu_session_runs(tmp_path: Path) -> None:
     (cpu.data / "cifar100-20").mkdir(parents=True)
     (cpu.data / "cifar100-20" / "meta.json").write_text("{}")
     assert session.no_subset(cpu) is None
+    protocol = session.protocol_commands(dataclasses.replace(gpu, stage_s=200))[1]  # stops itself in time
+    assert protocol[protocol.index("--budget-s") + 1] == str(200 - session.PROTOCOL_MARGIN_S)
+    assert "--budget-s" not in session.protocol_commands(gpu)[1]
     train = session.nccl_commands(gpu)[0]
     assert train[1:7] == ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "1", "-m"]
     assert train[train.index("--device") + 1] == "cuda"
