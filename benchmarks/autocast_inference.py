@@ -41,7 +41,7 @@ from memo_edge.train.precision import resolve_precision
 from memo_edge.train.rundir import load_run_data, read_run_header
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _report import cpu_name, write_section  # noqa: E402
+from _report import device_name, write_section  # noqa: E402
 
 
 def timed_extract(model, source, transform, device: torch.device, precision: str) -> tuple[np.ndarray, np.ndarray, float]:
@@ -111,13 +111,11 @@ def measure(run: Path, device: torch.device, precisions: list[str]) -> dict[str,
 
 
 def to_markdown(report: dict[str, Any], args: argparse.Namespace, device: torch.device) -> str:
-    where = (f"{torch.cuda.get_device_name(device)}, CUDA {torch.version.cuda}" if device.type == "cuda"
-             else f"cpu ({cpu_name()})")
     lines = [
         f"## What autocast changes in herding, class means and evaluation ({device.type})",
         "",
         f"- when: {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC",
-        f"- where: {where}, Python {platform.python_version()}, torch {torch.__version__}",
+        f"- where: {device.type} ({device_name(device)}), Python {platform.python_version()}, torch {torch.__version__}",
         f"- what: the last checkpoint (task {report['task']}) of `{report['run']}`, the same weights extracted in fp32 "
         f"and under autocast: {report['test_images']} test images, herding of {report['new_classes']} new classes at "
         f"{report['per_class']} exemplars each; fp32: CNN top-1 {report['fp32']['top1']:.2f} %, NME top-1 "

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import os
 import platform
 import tempfile
 import time
@@ -34,7 +33,7 @@ import torch
 from memo_edge.train.config import TrainConfig
 from memo_edge.train.run import train
 
-from _report import cpu_name, load_average, write_section  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+from _report import device_name, load_average, write_section  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -64,12 +63,6 @@ def run(args: argparse.Namespace, precision: str, out: Path) -> dict:
             "stack_frozen": results["config"]["stack_frozen"], "numerics": results.get("numerics")}
 
 
-def machine(device: torch.device) -> str:
-    if device.type == "cuda":
-        return f"{torch.cuda.get_device_name(device)}, CUDA {torch.version.cuda}, cuDNN {torch.backends.cudnn.version()}"
-    return f"{cpu_name()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
-
-
 def section_name(device: torch.device) -> str:
     return "bf16_accuracy" if device.type == "cpu" else f"precision_accuracy_{device.type}"
 
@@ -89,7 +82,7 @@ def to_markdown(rows: list[dict], args: argparse.Namespace, load_before: str) ->
         f"CIFAR-100 ({device.type})",
         "",
         f"- when: {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC",
-        f"- where: {device.type} ({machine(device)}), Python {platform.python_version()}, torch {torch.__version__}; "
+        f"- where: {device.type} ({device_name(device)}), Python {platform.python_version()}, torch {torch.__version__}; "
         f"1-min load average {load_before} before, {load_average()} after",
         f"- protocol: {data}, {args.scenario}, {args.backbone}, {args.init_epochs} epochs for task 0 and {args.epochs} "
         f"after (step schedule scaled), batch {args.batch_size}, {args.memory} exemplars, seed {args.seed}; the runs "
@@ -101,7 +94,7 @@ def to_markdown(rows: list[dict], args: argparse.Namespace, load_before: str) ->
         + (f" --backbone {args.backbone}" if args.backbone != "resnet32" else "")
         + (f" --memory {args.memory}" if args.memory != 2000 else "")
         + (f" --batch-size {args.batch_size}" if args.batch_size != 128 else "")
-        f"{' --stack-frozen' if args.stack_frozen else ''}{f' --write {args.write}' if args.write else ''}`",
+        + f"{' --stack-frozen' if args.stack_frozen else ''}{f' --write {args.write}' if args.write else ''}`",
         f"- target: average incremental accuracy within {args.tolerance} pp of fp32: **{'; '.join(verdicts)}**",
         "",
         "| precision | frozen branches | avg incremental top-1 (%) | last top-1 (%) | avg NME (%) | top-1 per task (%) "

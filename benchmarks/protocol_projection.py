@@ -34,10 +34,15 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _report import device_name, write_section  # noqa: E402
+
+_EPOCH_LINE = re.compile(r"^task (\d+)/(\d+) epoch (\d+): loss")
+
+
 def full_epochs(num_tasks: int) -> tuple[int, ...]:
     """The paper's epochs: 200 for task 0, 170 for every later task."""
     return (200,) + (170,) * (num_tasks - 1)
-_EPOCH_LINE = re.compile(r"^task (\d+)/(\d+) epoch (\d+): loss")
 
 
 @dataclass(frozen=True)
@@ -199,15 +204,10 @@ def to_markdown(report: dict[str, Any], machine: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def machine_name(device: str) -> str:
+def where(device: str) -> str:
     import torch
 
-    if device.startswith("cuda"):
-        return f"{torch.cuda.get_device_name()}, torch {torch.__version__}, CUDA {torch.version.cuda}"
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from _report import cpu_name
-
-    return f"cpu ({cpu_name()}), torch {torch.__version__}"
+    return f"{device} ({device_name(torch.device(device))}), torch {torch.__version__}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -230,12 +230,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--write", type=Path, help="Markdown file whose section to replace, e.g. docs/benchmarks.md")
     args = parser.parse_args(argv)
     report = run(args)
-    section = to_markdown(report, machine_name(args.device))
+    section = to_markdown(report, where(args.device))
     print(section)
     if args.write:
-        sys.path.insert(0, str(Path(__file__).resolve().parent))
-        from _report import write_section
-
         write_section(args.write, f"protocol_projection_{args.device.split(':')[0]}", section)
     return 0
 

@@ -44,7 +44,7 @@ from memo_edge.train.distributed import current_world, distributed_session, shar
 from memo_edge.train.recipe import build_optimizer, paper_recipe
 from memo_edge.train.task import train_step
 
-from _report import cpu_name, load_average, write_section  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+from _report import device_name, load_average, write_section  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 CIFAR_MEAN, CIFAR_STD = (0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761)
 
@@ -162,19 +162,13 @@ def measure_ddp(nproc: int, tasks: int, args: argparse.Namespace, device: torch.
     return {**rows[0], "nproc": nproc, "threads": threads or 0}
 
 
-def machine(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"{cpu_name()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
-
-
 def to_markdown(rows: list[dict], args: argparse.Namespace, device: torch.device) -> str:
     lines = [
         "## Training speed: MEMO ResNet-32, CIFAR-sized images"
         + ("" if args.section == "train_speed" else f" ({args.section.removeprefix('train_speed_')})"),
         "",
         f"- when: {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC",
-        f"- where: {device.type} ({machine(device)}), Python {platform.python_version()}, torch {torch.__version__}; "
+        f"- where: {device.type} ({device_name(device)}), Python {platform.python_version()}, torch {torch.__version__}; "
         f"1-min load average {args.load_before} before the run, {load_average()} after it (counting the run itself)",
         f"- what: one training step (augment + forward + backward + SGD) at batch {args.batch}, old branches frozen, "
         f"the trunk trained or frozen; {args.warmup} warm-up steps, {args.steps} timed, the rows of one T interleaved "
@@ -239,7 +233,7 @@ def ddp_markdown(rows: list[dict[str, float]], args: argparse.Namespace, device:
         f"## Distributed training speed: MEMO ResNet-32, {device.type.upper()}, 1 vs N processes",
         "",
         f"- when: {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC",
-        f"- where: {device.type} ({machine(device)}), Python {platform.python_version()}, torch {torch.__version__}; "
+        f"- where: {device.type} ({device_name(device)}), Python {platform.python_version()}, torch {torch.__version__}; "
         f"1-min load average {args.load_before} before the run, {load_average()} after it (counting the run itself)",
         f"- what: one training step at a global batch of {args.batch} (T = {args.tasks}), 1 process = the plain trainer, "
         f"N processes = DistributedDataParallel + synchronised BatchNorm over {backend}, each its share of the batch; "
