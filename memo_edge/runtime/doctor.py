@@ -365,19 +365,19 @@ def _backends_in_context(checks: list[Check]) -> Report:
     blockers = Report(tuple(checks)).blockers()
     offered = [name for name in AUTO_ORDER if any(c.name == f"backend {name}" and c.status == OK for c in checks)]
     runs = [name for name in offered if not blockers[name]]
-    for i, check in enumerate(checks):
-        name = check.name.removeprefix("backend ")
-        if name == check.name or name not in offered:  # not a backend line, or one the registry refuses
+    for i, line in enumerate(checks):
+        name = line.name.removeprefix("backend ")
+        if name == line.name or name not in offered:  # not a backend line, or one the registry refuses
             continue
         auto = "; --backend auto picks it" if offered[0] == name else ""
         if blockers[name]:
             instead = f": pass --backend {runs[0]}" if auto and runs else ""
             auto = f"{auto} all the same{instead}" if auto else ""
             failing = f"the {', '.join(blockers[name])} check{'s fail' if len(blockers[name]) > 1 else ' fails'}"
-            checks[i] = dataclasses.replace(check, status=WARN, detail=f"the registry offers it, but {failing} "
+            checks[i] = dataclasses.replace(line, status=WARN, detail=f"the registry offers it, but {failing} "
                                             f"here{auto}")
         else:
-            checks[i] = dataclasses.replace(check, detail=f"{check.detail}{auto}")
+            checks[i] = dataclasses.replace(line, detail=f"{line.detail}{auto}")
     return Report(tuple(checks))
 
 
