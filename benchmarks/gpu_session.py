@@ -12,8 +12,8 @@ session wrote), so a session killed at its limit still returns what it did. Back
 
 Stages (``--stages`` picks some, in this order):
 
-- env: what the machine is (GPU, driver, CUDA, cuDNN, torch, the TF32 defaults, bf16 support,
-  onnxruntime, cuda-python, TensorRT), and ``memo-edge doctor --json``.
+- env: what the machine is (GPU, driver, CUDA, cuDNN, torch, the TF32 defaults, bf16 support) and
+  ``memo-edge doctor --json`` (onnxruntime and its providers, cuda-python and the GPUs it sees, TensorRT).
 - tests: tests/test_gpu.py (a CUDA step equals the CPU's, fp16 with its scaler, learn_task in every
   precision and path, resident batches, no read-back inside a step, cuda-python's probe and buffers)
   and the CPU-side tests of the same paths, of the backends and of the environment checks.
@@ -55,8 +55,10 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "benchmarks"))
+sys.path[:0] = [str(ROOT / "benchmarks"), str(ROOT)]  # the GPU machine runs this checkout uninstalled
 from _report import write_section  # noqa: E402
+
+from memo_edge.utils.io import atomic_write_bytes  # noqa: E402
 
 DEFAULT_BUDGET_S = 420
 REPORT_RESERVE_S = 10  # kept back from every stage for the report files
@@ -268,11 +270,8 @@ def report(results: list[StageResult], ctx: Context, docs_before: str, out: Path
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         for name in OUT_FILES:
-            source = ctx.work / name
-            if source.is_file():
-                tmp = out / f".{name}.tmp"
-                tmp.write_bytes(source.read_bytes())
-                os.replace(tmp, out / name)
+            if (ctx.work / name).is_file():
+                atomic_write_bytes(out / name, (ctx.work / name).read_bytes())
 
 
 # --- the stages ----------------------------------------------------------------------------------
@@ -291,17 +290,23 @@ def _json(path: Path) -> Any:
 
 
 def env_commands(ctx: Context) -> list[Command]:
-    cmds = [_py(ctx, str(ROOT / "benchmarks" / "gpu_session.py"), "env", "--out", str(ctx.work / "env.json"),
-                "--device", ctx.device)]
-    return cmds
+    return [_py(ctx, str(ROOT / "benchmarks" / "gpu_session.py"), "env", "--out", str(ctx.work / "env.json"),
+                 "--device", ctx.device)]
 
 
 def env_figures(ctx: Context) -> str:
     env = _json(ctx.work / "env.json")
     gpu, torch_env = env.get("gpu") or {}, env.get("torch") or {}
     return (f"{gpu.get('name', 'no GPU')}, torch {torch_env.get('version')}, cuDNN {torch_env.get('cudnn')}, "
-            f"bf16 native {torch_env.get('bf16_native')}, TensorRT {env.get('tensorrt') or 'absent'}, "
+            f"bf16 native {torch_env.get('bf16_native')}, TensorRT: {_doctor_check(env, 'tensorrt')}, "
             f"doctor: {env.get('doctor_summary', '-')}")
+
+
+def _doctor_check(env: dict[str, Any], name: str) -> str:
+    """One line of the doctor's report in env.json (its status and detail), or "-"."""
+    checks = env.get("doctor", {}).get("checks", []) if isinstance(env.get("doctor"), dict) else []
+    found = next((c for c in checks if c.get("name") == name), None)
+    return f"{found['status']} ({found['detail']})" if found else "-"
 
 
 TEST_FILES = ("tests/test_gpu.py", "tests/test_cuda_paths.py", "tests/test_augment.py", "tests/test_backends.py",
@@ -550,20 +555,12 @@ def environment(device: str) -> dict[str, Any]:
         }
     except Exception as exc:  # noqa: BLE001 - a broken torch is a finding
         env["torch"] = {"error": f"{type(exc).__name__}: {exc}"}
-    for name in ("numpy", "onnx", "onnxruntime", "tensorrt", "cuda.bindings"):
-        try:
-            module = __import__(name, fromlist=["_"])
-            env[name] = getattr(module, "__version__", "present")
-        except Exception:  # noqa: BLE001
-            env[name] = None
+    # numpy, onnx, onnxruntime and its providers, cuda-python, TensorRT: the doctor's lines say them.
     try:
-        import onnxruntime
-
-        env["onnxruntime_providers"] = onnxruntime.get_available_providers()
-    except Exception:  # noqa: BLE001
-        env["onnxruntime_providers"] = None
-    doctor = subprocess.run([sys.executable, "-m", "memo_edge", "doctor", "--json"], capture_output=True, text=True,
-                            cwd=ROOT, timeout=60)
+        doctor = subprocess.run([sys.executable, "-m", "memo_edge", "doctor", "--json"], capture_output=True,
+                                text=True, cwd=ROOT, timeout=60)
+    except subprocess.TimeoutExpired:
+        doctor = subprocess.CompletedProcess([], 124, "", "memo-edge doctor took over 60 s")
     if doctor.returncode == 0:
         try:
             env["doctor"] = json.loads(doctor.stdout)
