@@ -76,10 +76,14 @@ def _stats(values: Stats, like: Tensor, name: str) -> Tensor:
     return t.view(1, -1, 1, 1)
 
 
-def normalize(x: Tensor, mean: Stats, std: Stats) -> Tensor:
-    """``(x - mean) / std`` per channel of a float ``[B, C, H, W]`` batch (mean/std for pixels in [0, 1])."""
+def _check_float_batch(x: Tensor) -> None:
     if x.dim() != 4 or not x.is_floating_point():
         raise ValueError(f"expected a float batch [B, C, H, W], got dtype {x.dtype} shape {tuple(x.shape)}")
+
+
+def normalize(x: Tensor, mean: Stats, std: Stats) -> Tensor:
+    """``(x - mean) / std`` per channel of a float ``[B, C, H, W]`` batch (mean/std for pixels in [0, 1])."""
+    _check_float_batch(x)
     m, s = _stats(mean, x, "mean"), _stats(std, x, "std")
     if bool((s <= 0).any()):
         raise ValueError("std values must all be > 0")
@@ -107,8 +111,7 @@ class _Normalize:
         self._on: dict[tuple[torch.device, torch.dtype], tuple[Tensor, Tensor]] = {}
 
     def __call__(self, x: Tensor) -> Tensor:
-        if x.dim() != 4 or not x.is_floating_point():
-            raise ValueError(f"expected a float batch [B, C, H, W], got dtype {x.dtype} shape {tuple(x.shape)}")
+        _check_float_batch(x)
         if x.shape[1] != len(self.mean):
             raise ValueError(f"mean has {len(self.mean)} values but the batch has {x.shape[1]} channels")
         key = (x.device, x.dtype)
