@@ -13,7 +13,7 @@ split with its ``on_event`` hook:
 - training: ``checked`` to ``exporting`` (model and exemplars loaded, ``learn_task``: training,
   weight alignment, herding, class means);
 - after: ``exporting`` to the return (export of the new files, verification, commit, garbage
-  collection), itself split by timers around the functions ``update.py`` calls and, inside them,
+  collection), itself split by timers around the functions ``update.py`` and the package writer call and, inside them,
   around the parts whose work grows with T: the full graph's export, PyTorch's reference through
   every branch, the ONNX Runtime sessions and the end-to-end runs (``PHASES``; exclusive times).
 
@@ -47,6 +47,7 @@ import numpy as np
 import torch
 
 import memo_edge.device.update as update_module
+import memo_edge.runtime.writer as writer_module
 from memo_edge.device.update import UpdateConfig, update_package
 from memo_edge.export import graphs
 from memo_edge.export.exporter import package_model
@@ -64,7 +65,7 @@ CIFAR = InputSpec(32, 32, 3, (0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761))
 TARGET = 1.3  # non-training part at T = 10 over T = 2 (the update issue)
 # Columns of the table after "before training", in order (the rest of verify and of export as remainders).
 COLUMNS = ("full_graph", "branch_graph", "model_blobs", "torch_branches", "ort_sessions", "ort_split", "ort_full",
-           "verify_package", "append_version", "collect_garbage")
+           "verify_package", "commit", "collect_garbage")
 SCALES_WITH_T = ("full_graph", "torch_branches", "ort_sessions", "ort_split", "ort_full")
 # Timed functions: (name, object, attribute, only when called inside this timed function). Times are
 # exclusive: a timed call inside another is taken out of the outer one's time, so the names add up.
@@ -77,8 +78,8 @@ PHASES = (
     ("ort_split", Backend, "features", None),  # end to end: the trunk graph, then every branch graph
     ("ort_full", Backend, "full_logits", None),  # end to end: the full graph
     ("torch_branches", Branch, "forward", "verify_package"),  # PyTorch's reference: every branch
-    ("append_version", update_module, "append_version", None),
-    ("collect_garbage", update_module, "collect_garbage", None),
+    ("commit", writer_module.PackageWriter, "commit", None),
+    ("collect_garbage", writer_module, "collect_garbage", None),
 )
 
 
@@ -255,7 +256,7 @@ def to_markdown(rows: list[dict[str, float]], args: argparse.Namespace, loads: l
         "graph; the rest: head, per-component weights); verify = `verify_package`: PyTorch's reference through "
         "every branch, the ONNX Runtime sessions it opens, the split path end to end (trunk graph and every "
         "branch graph), the full graph end to end; the rest: PyTorch's trunk and head, the per-graph check of "
-        "the new graphs, the comparisons; commit = writing the files, opening and checking the new version, the "
+        "the new graphs, the comparisons; commit = writing the files and the "
         "catalog transaction; gc = garbage collection; int8 re-made = `quantize_full` of the new full graph with "
         "its calibration (not part of the update here).",
     ]

@@ -72,7 +72,7 @@ def test_update_after_rollback_commits_a_new_version(base: dict[str, Path], tmp_
 
 def test_a_failed_update_removes_what_it_wrote(base: dict[str, Path], tmp_path: Path,
                                                monkeypatch: pytest.MonkeyPatch) -> None:
-    import memo_edge.runtime.versions as versions
+    import memo_edge.runtime.writer as writer
 
     pkg = copy(base["pkg"], tmp_path / "pkg")
     before = tree_digest(pkg)
@@ -80,24 +80,23 @@ def test_a_failed_update_removes_what_it_wrote(base: dict[str, Path], tmp_path: 
     def refuse(*args: object, **kwargs: object) -> None:
         raise PackageError("refused at the commit (test)")
 
-    monkeypatch.setattr(versions, "add_version", refuse)  # the files are written, the commit fails
+    monkeypatch.setattr(writer, "add_version", refuse)  # the files are written, the commit fails
     result = invoke("update", pkg, "--data", f"npz:{base['task4']}", *FAST_UPDATE)
     assert_one_line_refusal(result, 2, "refused at the commit")
     assert tree_digest(pkg) == before and not list(pkg.glob(".*.tmp"))
 
 
 def test_a_commit_on_a_changed_current_version_is_refused(base: dict[str, Path], tmp_path: Path) -> None:
-    from dataclasses import replace
-
-    from memo_edge.runtime.catalog import catalog, next_version
-    from memo_edge.runtime.versions import append_version
+    from memo_edge.runtime.catalog import catalog
+    from memo_edge.runtime.writer import PackageWriter
 
     pkg = copy(base["pkg"], tmp_path / "pkg")
-    version = open_package(pkg)
-    exemplars, tasks = version.exemplars()
-    stale = replace(version.manifest, version=next_version(pkg), parent=7)  # derived from a version not current
     with pytest.raises(PackageError, match="version 1 became current meanwhile; not applied"):
-        append_version(pkg, stale, [], version.manifest.files, exemplars, tasks)
+        with PackageWriter.append(pkg, "test") as writer:
+            version = writer.current
+            exemplars, tasks = version.exemplars()
+            writer.parent = 7  # derived from a version not current
+            writer.commit(version.manifest, exemplars, tasks, keep=version.manifest.files)
     with catalog(pkg) as conn:  # nothing was inserted
         assert conn.execute("SELECT COUNT(*) FROM versions").fetchone()[0] == 1
 

@@ -13,7 +13,6 @@ import subprocess
 import sys
 import time
 import warnings
-from dataclasses import replace
 from pathlib import Path
 
 import httpx
@@ -28,7 +27,7 @@ from conftest import free_port, npy, npz, png, served, tree_digest
 from memo_edge.runtime.lock import writer_lock
 from memo_edge.runtime.package import open_package
 from memo_edge.runtime.predict import load, read_inputs
-from memo_edge.runtime.versions import append_version
+from memo_edge.runtime.writer import PackageWriter
 from memo_edge.serve.app import create_app
 from memo_edge.serve.inputs import Limits
 
@@ -161,11 +160,10 @@ def test_ready_info_and_metrics(pkg: Path) -> None:
 
 def _version_2(pkg: Path) -> None:
     """Version 2 with version 1's files and exemplars (cheap; the hot swap does not care what changed)."""
-    current = open_package(pkg)
-    exemplars, tasks = current.exemplars()
-    with writer_lock(pkg, "test"):
-        append_version(pkg, replace(current.manifest, version=2, parent=1), [], current.manifest.files,
-                       exemplars, tasks)
+    with PackageWriter.append(pkg, "test") as writer:
+        current = writer.current
+        exemplars, tasks = current.exemplars()
+        writer.commit(current.manifest, exemplars, tasks, keep=current.manifest.files)
 
 
 def _wait_for_version(client: TestClient, version: int, x: bytes, limit: float = 20.0) -> dict:

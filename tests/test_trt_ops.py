@@ -3,7 +3,7 @@ tables of the TensorRTs of the supported JetPacks (``memo_edge/runtime/trt_ops.p
 sources), and the checker itself on hand-made graphs.
 
 The packages are written by the exporter's own code (``model_blobs``, the int8 copy included, then
-``write_package``) without the ONNX Runtime verification step: numbers are not this file's concern,
+``PackageWriter``) without the ONNX Runtime verification step: numbers are not this file's concern,
 op types are, and random weights would not pass the int8 agreement bar.
 """
 
@@ -25,7 +25,8 @@ from memo_edge.memory.exemplars import ExemplarSet
 from memo_edge.model import MemoNet
 from memo_edge.runtime.backends import OrtTrtBackend, TensorRTBackend
 from memo_edge.runtime.engine_cache import ENGINE_ROLES, engine_graphs, graph_name
-from memo_edge.runtime.package import INT8_ROLE, InputSpec, PackageVersion, open_package, write_package
+from memo_edge.runtime.package import INT8_ROLE, InputSpec, PackageVersion
+from memo_edge.runtime.writer import PackageWriter
 from memo_edge.runtime.jetpack import JETPACK
 from memo_edge.runtime.trt_ops import (
     SUPPORTED_TENSORRT,
@@ -55,8 +56,9 @@ def write_int8_package(out: Path, backbone: str, tasks: int) -> PackageVersion:
                               augment="cifar", total_budget_bytes=model.model_bytes() + exemplars.nbytes, source={})
     blobs = model_blobs(model, SPEC, branches=range(tasks), trunk=True, full=True,
                         int8_calibration=calibration_images(exemplars.images, exemplars.labels))
-    write_package(out, manifest, blobs, exemplars, np.zeros(len(labels), np.int64))
-    return open_package(out)
+    with PackageWriter.create(out) as writer:
+        writer.commit(manifest, exemplars, np.zeros(len(labels), np.int64), blobs=blobs)
+    return writer.written
 
 
 @pytest.fixture(scope="module", params=list(BACKBONES))

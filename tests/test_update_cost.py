@@ -19,7 +19,8 @@ from memo_edge.export.exporter import exemplar_tasks, model_blobs, model_manifes
 from memo_edge.memory.exemplars import ExemplarSet
 from memo_edge.model import MemoNet
 from memo_edge.runtime.manifest import WEIGHTS_BRANCH, WEIGHTS_HEAD, WEIGHTS_ROLE, WEIGHTS_TRUNK, manifest_problem
-from memo_edge.runtime.package import InputSpec, open_package, write_package
+from memo_edge.runtime.package import InputSpec, open_package
+from memo_edge.runtime.writer import Blob, PackageWriter
 
 SPEC = InputSpec(32, 32, 3, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
 WEIGHT_ROLES = (WEIGHTS_TRUNK, WEIGHTS_BRANCH, WEIGHTS_HEAD)
@@ -142,12 +143,13 @@ def test_an_old_package_with_one_weights_file_still_updates(tmp_path: Path) -> N
     """A package as memo-edge wrote it before per-component weights: one "weights" file."""
     model = _model(2)
     exemplars = _exemplars(model.num_classes)
-    blobs = [b for b in model_blobs(model, SPEC, branches=range(2), trunk=True, full=True) if b[1] not in WEIGHT_ROLES]
-    blobs.append((save({k: v.contiguous() for k, v in model.state_dict().items()}), WEIGHTS_ROLE, ".safetensors", None))
+    blobs = [b for b in model_blobs(model, SPEC, branches=range(2), trunk=True, full=True) if b.role not in WEIGHT_ROLES]
+    blobs.append(Blob(save({k: v.contiguous() for k, v in model.state_dict().items()}), WEIGHTS_ROLE, ".safetensors"))
     manifest = model_manifest(1, model, exemplars, spec=SPEC, class_names=["a", "b", "c", "d"], augment="cifar",
                               total_budget_bytes=_budget(model), source={})
     pkg = tmp_path / "old"
-    write_package(pkg, manifest, blobs, exemplars, exemplar_tasks(exemplars, manifest.task_classes))
+    with PackageWriter.create(pkg) as writer:
+        writer.commit(manifest, exemplars, exemplar_tasks(exemplars, manifest.task_classes), blobs=blobs)
     assert {f.role for f in open_package(pkg).manifest.files} >= {WEIGHTS_ROLE}
 
     loaded = update_module._load_model(open_package(pkg))

@@ -1,15 +1,17 @@
 """``memo-edge update``: learn a new task on the device and append it to the package.
 
-The only runtime module that imports torch (on-device training). It calls the trainer's own task
-step (``memo_edge.train.task.learn_task``) with the package's byte budget as the memory rule, so a
-new branch's bytes come out of the exemplar memory, and commits the result as a new version.
+The device's learning side. It sits beside the torch-free runtime (``memo_edge.runtime``, the device's
+inference side, which never imports this module) and above export: it imports torch, calls the
+trainer's own task step (``memo_edge.train.task.learn_task``) with the package's byte budget as the
+memory rule, so a new branch's bytes come out of the exemplar memory, serializes the model as export
+does, and commits the result as a new version through the runtime's package writer.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -27,12 +29,9 @@ from memo_edge.memory.alignment import count_parameters
 from memo_edge.memory.codec import parse_codec
 from memo_edge.memory.policy import MemoryPolicy
 from memo_edge.model import MemoNet, create_backbone
-from memo_edge.runtime.check import require_intact
-from memo_edge.runtime.lock import writer_lock
-from memo_edge.runtime.catalog import next_version
-from memo_edge.runtime.manifest import WEIGHTS_BRANCH, WEIGHTS_HEAD, WEIGHTS_ROLE, WEIGHTS_TRUNK
-from memo_edge.runtime.package import INT8_ROLE, Manifest, PackageVersion, open_package
-from memo_edge.runtime.versions import append_version, collect_garbage, remove_orphans
+from memo_edge.runtime.manifest import Manifest, Role
+from memo_edge.runtime.package import PackageVersion
+from memo_edge.runtime.writer import PackageWriter
 from memo_edge.train.augment import TestTransform, build_augment
 from memo_edge.train.recipe import paper_recipe
 from memo_edge.train.device import select_device
@@ -63,7 +62,7 @@ class UpdateConfig:
 
 def branch_bytes(manifest: Manifest) -> int:
     """Bytes one more branch adds to the model side of the budget."""
-    spec = create_backbone(manifest.model["backbone"], split=manifest.model["split"])
+    spec = create_backbone(manifest.model.backbone, split=manifest.model.split)
     return 4 * count_parameters(spec.new_branch())
 
 
@@ -94,7 +93,7 @@ def load_new_classes(spec: str, manifest: Manifest) -> tuple[ImageSource, tuple[
         source, names = _class_folders(Path(spec), inp.height, inp.file_resize)
     if source.image_shape != inp.shape:
         raise InputError(f"{spec}: images are {source.image_shape}, the package expects {inp.shape}")
-    if manifest.model.get("augment", "cifar") == "cifar":  # ImageNet-style images are resized as a rule
+    if manifest.model.augment == "cifar":  # ImageNet-style images are resized as a rule
         warn_resized(source, spec)
     clash = sorted(set(names) & set(manifest.class_names))
     if clash:
@@ -113,9 +112,9 @@ def _class_folders(root: Path, size: int, resize_to: int) -> tuple[FolderSource,
 
 def _load_model(version: PackageVersion) -> MemoNet:
     m = version.manifest
-    model = MemoNet.with_tasks(m.model["backbone"], list(m.model["task_sizes"]), split=m.model["split"])
-    whole = m.file(WEIGHTS_ROLE)  # packages written before issue 13: one file with every tensor
-    parts = (WEIGHTS_TRUNK, WEIGHTS_BRANCH, WEIGHTS_HEAD)  # since issue 13: one file per component
+    model = MemoNet.with_tasks(m.model.backbone, list(m.model.task_sizes), split=m.model.split)
+    whole = m.file(Role.WEIGHTS)  # older packages: one file with every tensor
+    parts = (Role.WEIGHTS_TRUNK, Role.WEIGHTS_BRANCH, Role.WEIGHTS_HEAD)  # one file per component
     entries = [whole] if whole is not None else [f for f in m.files if f.role in parts]
     if not entries:
         raise InputError(f"{version.root}: the package has no training weights; it cannot learn on the device")
@@ -128,7 +127,7 @@ def _load_model(version: PackageVersion) -> MemoNet:
         names = ", ".join(version.path(e).name for e in entries)
         raise InputError(f"{names}: training weights do not fit the manifest's model: {exc}") from None
     model.freeze_old_branches()
-    if m.model.get("trunk_frozen"):
+    if m.model.trunk_frozen:
         model.freeze_trunk()
     return model
 
@@ -136,21 +135,14 @@ def _load_model(version: PackageVersion) -> MemoNet:
 def update_package(config: UpdateConfig, on_event: Event | None = None) -> PackageVersion:
     """Train one new task on this device and commit it as the package's next version.
 
-    Holds the package's writer lock throughout: a second writer is refused at once, not at the commit.
-    ``on_event`` hears ``checked`` once the data and the budget passed every check (nothing was
-    trained yet), ``epoch`` after each training epoch, and ``exporting`` when training is done.
+    Holds the package's writer lock throughout (``PackageWriter.append``): a second writer is refused
+    at once, not at the commit. ``on_event`` hears ``checked`` once the data and the budget passed
+    every check (nothing was trained yet), ``epoch`` after each training epoch, and ``exporting`` when
+    training is done.
     """
-    with writer_lock(config.package, "update"):
-        require_intact(config.package)  # the cheap check: a damaged catalog is refused before any work
-        remove_orphans(config.package)  # what a killed or failed writer left behind
-        try:
-            return _update(config, on_event or (lambda event: None))
-        except BaseException:
-            try:  # this update's files, if it wrote any and did not commit
-                remove_orphans(config.package)
-            except Exception as exc:  # never hide why the update failed; the next writer retries
-                log.warning("could not remove the files of the failed update: %s", exc)
-            raise
+    with PackageWriter.append(config.package, "update") as writer:
+        _update(config, writer, on_event or (lambda event: None))
+    return writer.written
 
 
 def _codec_report(result: TaskResult) -> dict:
@@ -159,8 +151,10 @@ def _codec_report(result: TaskResult) -> dict:
     return {} if codec.is_raw else {"codec": codec.spec, "codec_seconds": result.codec_seconds}
 
 
-def _update(config: UpdateConfig, on_event: Event) -> PackageVersion:
-    version = open_package(config.package)
+def _update(config: UpdateConfig, writer: PackageWriter, on_event: Event) -> None:
+    version = writer.current
+    if version is None:
+        raise RuntimeError("an update appends to a package: PackageWriter.append, not create")
     m = version.manifest
     new_data, new_names = load_new_classes(config.data, m)
     check_budget(m, len(new_names))
@@ -178,7 +172,7 @@ def _update(config: UpdateConfig, on_event: Event) -> PackageVersion:
     model = _load_model(version)
     exemplars, _ = version.exemplars()
     known = len(m.class_names)
-    augment = m.model.get("augment", "cifar")
+    augment = m.model.augment
     transforms = Transforms(build_augment(augment, m.input.mean, m.input.std, m.input.height),
                             TestTransform(m.input.mean, m.input.std))
     recipe = paper_recipe(1, epochs=config.epochs, schedule=config.schedule, batch_size=config.batch_size)  # type: ignore[arg-type]
@@ -192,35 +186,29 @@ def _update(config: UpdateConfig, on_event: Event) -> PackageVersion:
     )
     on_event({"event": "exporting"})
     model = model.cpu().eval()
-    # A new number above every version ever kept (after a rollback the current one is not the newest).
-    manifest = replace(
-        model_manifest(next_version(config.package), model, result.exemplars, spec=m.input,
-                       class_names=(*m.class_names, *new_names), augment=augment,
-                       total_budget_bytes=m.budget.total_bytes,
-                       source={**m.source, "update": {"data": config.data, "epochs": config.epochs,
-                                                      "train_base": config.train_base, "precision": precision,
-                                                      **_codec_report(result)}}),
-        parent=m.version,
-    )
+    manifest = model_manifest(writer.version, model, result.exemplars, spec=m.input,
+                              class_names=(*m.class_names, *new_names), augment=augment,
+                              total_budget_bytes=m.budget.total_bytes,
+                              source={**m.source, "update": {"data": config.data, "epochs": config.epochs,
+                                                             "train_base": config.train_base, "precision": precision,
+                                                             **_codec_report(result)}})
     new_task = model.num_branches - 1
     # An int8 full graph is re-made from the new float graph, calibrated on the new exemplars.
-    int8 = m.file(INT8_ROLE) is not None if config.int8 is None else config.int8
+    int8 = m.file(Role.FULL_INT8) is not None if config.int8 is None else config.int8
     calibration = calibration_images(result.exemplars.images, result.exemplars.labels) if int8 else None
-    blobs = model_blobs(model, m.input, branches=[new_task], trunk=config.train_base, full=m.file("full") is not None,
-                        int8_calibration=calibration)
-    kept = [f for f in m.files if (f.role == "trunk" and not config.train_base) or f.role == "branch"]
+    # The complement of what the writer keeps (Role.kept_by_update): the new branch, the trunk if trained.
+    blobs = model_blobs(model, m.input, branches=[new_task], trunk=config.train_base,
+                        full=m.file(Role.FULL) is not None, int8_calibration=calibration)
     rng = np.random.default_rng(config.seed)
     sample = rng.permutation(len(new_data))[: config.verify_images // 2]
     images = np.concatenate([new_data.take(np.sort(sample)), result.exemplars.images[: config.verify_images // 2]])
 
     # Only the graphs this update wrote are compared one by one; the kept ones were when they were
     # written (their files are checked by sha256 on every load). The end-to-end checks run in full.
-    written = [role if task is None else f"{role}-{task}" for _, role, _, task in blobs if role in ("trunk", "branch")]
+    written = [b.role if b.task is None else f"{b.role}-{b.task}" for b in blobs if b.role in (Role.TRUNK, Role.BRANCH)]
 
     def verify(candidate: PackageVersion) -> dict:
         return verify_package(candidate, model, images, graphs=written) | {"images_from": "new task data + exemplars"}
 
-    committed = append_version(config.package, manifest, blobs, kept, result.exemplars,
-                               exemplar_tasks(result.exemplars, manifest.task_classes), verify=verify)
-    collect_garbage(config.package)
-    return committed
+    writer.commit(manifest, result.exemplars, exemplar_tasks(result.exemplars, manifest.task_classes), blobs=blobs,
+                  keep=writer.kept_files(train_base=config.train_base), verify=verify)

@@ -36,8 +36,9 @@ from memo_edge.runtime.engine_cache import (
     EngineOptions, EngineRecord, GpuInfo, TrtEnvironment, engine_graphs, probe_environment,
 )
 from memo_edge.runtime.lock import writer_lock
-from memo_edge.runtime.manifest import WEIGHTS_BRANCH, WEIGHTS_HEAD, WEIGHTS_TRUNK
-from memo_edge.runtime.package import INT8_ROLE, Budget, InputSpec, Manifest, PackageVersion, open_package, write_package
+from memo_edge.runtime.manifest import Budget, InputSpec, Manifest, ModelRecord, Role
+from memo_edge.runtime.package import PackageVersion
+from memo_edge.runtime.writer import Blob, PackageWriter
 from memo_edge.train.checkpoint import load_checkpoint, verified_states
 from memo_edge.train.results import producer_versions
 from memo_edge.train.rundir import read_run_header, run_test_split
@@ -46,8 +47,6 @@ from memo_edge.utils.paths import check_separate
 __all__ = ["ExportConfig", "export_run", "model_blobs", "weight_blobs", "model_manifest", "package_model", "exemplar_tasks"]
 
 log = logging.getLogger(__name__)
-
-Blob = tuple[bytes, str, str, "int | None"]  # data, role, file extension, task
 
 
 @dataclass(frozen=True)
@@ -118,43 +117,43 @@ def model_blobs(model: MemoNet, spec: InputSpec, *, branches: Sequence[int], tru
     model = model.eval()
     blobs: list[Blob] = []
     if trunk:
-        blobs.append((graphs.trunk_graph(model, spec.mean, spec.std, spec.shape).data, "trunk", ".onnx", None))
+        blobs.append(Blob(graphs.trunk_graph(model, spec.mean, spec.std, spec.shape).data, Role.TRUNK, ".onnx"))
     if branches:
         with torch.no_grad():
             trunk_shape = tuple(model.trunk(torch.zeros((1, spec.channels, spec.height, spec.width))).shape[1:])
-        blobs += [(graphs.branch_graph(model, t, trunk_shape).data, "branch", ".onnx", t) for t in branches]
+        blobs += [Blob(graphs.branch_graph(model, t, trunk_shape).data, Role.BRANCH, ".onnx", t) for t in branches]
     if full:
         data = graphs.full_graph(model, spec.mean, spec.std, spec.shape).data
-        blobs.append((data, "full", ".onnx", None))
+        blobs.append(Blob(data, Role.FULL, ".onnx"))
         if int8_calibration is not None:
-            blobs.append((quantize_full(data, int8_calibration), INT8_ROLE, ".onnx", None))
+            blobs.append(Blob(quantize_full(data, int8_calibration), Role.FULL_INT8, ".onnx"))
     if model.fc is None:
         raise InputError("the model has no classifier (no task learned)")
     head = {"weight": model.fc.weight.detach().cpu().numpy(), "bias": model.fc.bias.detach().cpu().numpy()}
-    blobs.append((save_numpy(head), "head", ".safetensors", None))
+    blobs.append(Blob(save_numpy(head), Role.HEAD, ".safetensors"))
     return blobs + weight_blobs(model)
 
 
 def weight_blobs(model: MemoNet) -> list[Blob]:
-    """The training weights, one safetensors file per component (``WEIGHT_ROLES``).
+    """The training weights, one safetensors file per component (the ``Role.WEIGHTS_*`` roles).
 
     Trunk, each branch, and the classifiers: the keys of ``model.state_dict()`` split by module, so a
     frozen component serializes to the same bytes after an update, hence to the same content-addressed
     file, and only the new branch and the head (plus the trunk with ``--train-base``) are new bytes.
     """
-    parts: dict[tuple[str, int | None], dict[str, torch.Tensor]] = {}
+    parts: dict[tuple[Role, int | None], dict[str, torch.Tensor]] = {}
     for key, tensor in model.state_dict().items():
         first, _, rest = key.partition(".")
         if first == "trunk":
-            part = (WEIGHTS_TRUNK, None)
+            part = (Role.WEIGHTS_TRUNK, None)
         elif first == "branches":
-            part = (WEIGHTS_BRANCH, int(rest.partition(".")[0]))
+            part = (Role.WEIGHTS_BRANCH, int(rest.partition(".")[0]))
         else:
-            part = (WEIGHTS_HEAD, None)
+            part = (Role.WEIGHTS_HEAD, None)
         parts.setdefault(part, {})[key] = tensor.detach().cpu().contiguous()
-    if (WEIGHTS_TRUNK, None) not in parts:  # a DER-style model (split=0) has no trunk parameters
-        parts[(WEIGHTS_TRUNK, None)] = {}
-    return [(save_torch(tensors), role, ".safetensors", task) for (role, task), tensors in sorted(
+    if (Role.WEIGHTS_TRUNK, None) not in parts:  # a DER-style model (split=0) has no trunk parameters
+        parts[(Role.WEIGHTS_TRUNK, None)] = {}
+    return [Blob(save_torch(tensors), role, ".safetensors", task) for (role, task), tensors in sorted(
         parts.items(), key=lambda item: (item[0][0], -1 if item[0][1] is None else item[0][1]))]
 
 
@@ -194,10 +193,11 @@ def package_model(
     def verify(version: PackageVersion) -> dict[str, Any]:
         return verify_package(version, model, verify_images) | {"images_from": manifest.source.get("verification_images", "")}
 
-    written = write_package(out, manifest, blobs, exemplars, tasks, verify=verify)
+    with PackageWriter.create(out) as writer:
+        written = writer.commit(manifest, exemplars, tasks, blobs=blobs, verify=verify)
     log.info("package %s: version %d, %d files, verified on %d images", out, written.version, len(written.files),
              len(verify_images))
-    return open_package(out)
+    return writer.written
 
 
 def _pick_task(run_dir: Path, task: int | None, done: int) -> int:
@@ -256,8 +256,8 @@ def model_manifest(version: int, model: MemoNet, exemplars: ExemplarSet, *, spec
         class_names=tuple(class_names),
         task_classes=tuple((int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])),
         input=spec,
-        model={"backbone": model.backbone_name, "split": model.split, "feature_dim": model.feature_dim,
-               "task_sizes": list(model.task_sizes), "trunk_frozen": model.trunk_frozen, "augment": augment},
+        model=ModelRecord(backbone=model.backbone_name, split=model.split, feature_dim=model.feature_dim,
+                          task_sizes=tuple(model.task_sizes), trunk_frozen=model.trunk_frozen, augment=augment),
         budget=Budget(total_bytes=total_budget_bytes, model_bytes=model.model_bytes(),
                       exemplar_bytes=exemplars.nbytes, bytes_per_exemplar=exemplar_bytes(spec.shape),
                       exemplars=len(exemplars), per_class=min(counts.values()) if counts else 0,

@@ -178,7 +178,8 @@ def add_version(conn: sqlite3.Connection, manifest: Manifest, exemplars: Exempla
     """Insert one version, its budget and its exemplar rows and make it current, in one transaction.
 
     The version must be derived from the current one (``manifest.parent``; None for a new package):
-    a commit that finds the current version changed under it, or its number taken, is refused.
+    a commit that finds the current version changed under it, or its number taken, is refused. The
+    catalog's format becomes the manifest's (an older package that gets a version is of the new format).
     """
     text = manifest_text(manifest)
     rows = ((manifest.version, int(l), int(r), int(t), sqlite3.Binary(blob))  # as stored: encoded under a codec
@@ -192,8 +193,9 @@ def add_version(conn: sqlite3.Connection, manifest: Manifest, exemplars: Exempla
             raise PackageError(f"version {manifest.version} exists already; not applied")
         conn.execute("INSERT INTO versions VALUES (?, ?, ?, ?, ?)", (manifest.version, manifest.parent,
                      manifest.created, text, hashlib.sha256(text.encode()).hexdigest()))
-        conn.execute("INSERT INTO meta VALUES ('last_version', ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-                     (str(manifest.version),))
+        for key, value in (("last_version", manifest.version), ("format_version", manifest.format_version)):
+            conn.execute("INSERT INTO meta VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                         (key, str(value)))
         conn.execute("INSERT INTO budgets VALUES (?, ?, ?)",
                      (manifest.version, manifest.budget.total_bytes, manifest.budget.model_bytes))
         try:

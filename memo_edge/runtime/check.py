@@ -4,7 +4,8 @@
 This module checks everything a package keeps, and says what is damaged:
 
 - the catalog's SQLite structure (``PRAGMA integrity_check``; ``quick_check`` for the cheap level),
-- the format, the current-version pointer and the parent links,
+- the format (a package of a newer format is refused, not reported as damaged), the current-version
+  pointer and the parent links,
 - every kept version's manifest (sha256 and internal consistency),
 - full level: every kept version's exemplar rows against their digest, every file by sha256;
   cheap level: every file's presence and size.
@@ -21,7 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from memo_edge.runtime.catalog import CATALOG, connect, current_version
-from memo_edge.runtime.manifest import FORMAT_VERSION, FileEntry, Manifest, PackageError, read_manifest
+from memo_edge.runtime.formats import FORMAT_VERSION, format_number, format_problem
+from memo_edge.runtime.manifest import FileEntry, Manifest, PackageError, read_manifest
 from memo_edge.runtime.package import PackageVersion, verify_file
 
 __all__ = ["PackageCheck", "check_package", "require_intact"]
@@ -37,6 +39,15 @@ class PackageCheck:
     versions: tuple[int, ...]  # the versions the catalog keeps
     files: int  # distinct files checked
     exemplars: int  # exemplar rows checked against their digests (full level only)
+    current: int | None = None  # the current version
+    manifests: tuple[Manifest, ...] = ()  # those of the kept versions that could be read
+
+    def manifest(self, version: int | None) -> Manifest:
+        """A kept version's manifest, as read by the check."""
+        found = next((m for m in self.manifests if m.version == version), None)
+        if found is None:
+            raise PackageError(f"{self.root}: version {version} is not in the catalog")
+        return found
 
     @property
     def ok(self) -> bool:
@@ -54,7 +65,7 @@ class PackageCheck:
 
 def check_package(root: Path, *, full: bool = True) -> PackageCheck:
     """Check everything ``root`` keeps; problems are collected, not raised (a PackageError only when
-    ``root`` is no package at all)."""
+    ``root`` is no package at all, or one of a format newer than this memo-edge reads)."""
     root = Path(root)
     problems: list[str] = []
     level = "integrity" if full else "quick"
@@ -75,8 +86,12 @@ def check_package(root: Path, *, full: bool = True) -> PackageCheck:
     except sqlite3.DatabaseError as exc:  # not a database, or pages too damaged to read the versions
         problems.append(f"{CATALOG}: the versions cannot be read ({exc})")
         return PackageCheck(root, full, tuple(problems), (), 0, 0)
-    if fmt is None or fmt[0] != str(FORMAT_VERSION):
-        problems.append(f"{CATALOG}: package format {None if fmt is None else fmt[0]!r}, expected {FORMAT_VERSION}")
+    found = None if fmt is None else fmt[0]
+    unreadable = format_problem(found)
+    if (format_number(found) or 0) > FORMAT_VERSION:
+        raise PackageError(f"{root / CATALOG}: {unreadable}")  # not damaged: written by a newer memo-edge
+    if unreadable is not None:
+        problems.append(f"{CATALOG}: {unreadable}")
     kept = {int(v) for v, *_ in stored}
     if head not in kept:
         problems.append(f"{CATALOG}: the current version {head} is not in the catalog")
@@ -110,7 +125,7 @@ def check_package(root: Path, *, full: bool = True) -> PackageCheck:
                     _present(root, entry)
             except PackageError as exc:
                 problems.append(str(exc))
-    return PackageCheck(root, full, tuple(problems), tuple(sorted(kept)), len(checked), rows)
+    return PackageCheck(root, full, tuple(problems), tuple(sorted(kept)), len(checked), rows, head, tuple(manifests))
 
 
 def _present(root: Path, entry: FileEntry) -> None:

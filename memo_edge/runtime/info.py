@@ -17,7 +17,7 @@ def format_info(pkg: PackageVersion, check: PackageCheck | None = None) -> str:
     b, inp = m.budget, m.input
     lines = [
         f"package {pkg.root}  (format {m.format_version}, version {m.version}, created {m.created})",
-        f"model: {m.model['backbone']} (split {m.model['split']}), {len(m.task_classes)} tasks, "
+        f"model: {m.model.backbone} (split {m.model.split}), {len(m.task_classes)} tasks, "
         f"{len(m.class_names)} classes, opset {m.opset}",
         f"input: uint8 {inp.layout} {inp.height}x{inp.width}x{inp.channels}, "
         f"mean {[round(x, 4) for x in inp.mean]}, std {[round(x, 4) for x in inp.std]} (applied in the graphs)",

@@ -1,7 +1,8 @@
 """A package version's manifest: typed records, parsing, and the consistency rules it must satisfy.
 
-Torch-free; the catalog (``runtime/catalog.py``) stores manifests as JSON, ``runtime/package.py``
-reads and writes whole versions.
+Torch-free; the catalog (``runtime/catalog.py``) stores manifests as JSON, ``runtime/formats.py``
+migrates those of older formats, ``runtime/package.py`` reads whole versions and ``runtime/writer.py``
+writes them.
 """
 
 from __future__ import annotations
@@ -11,26 +12,51 @@ import json
 import re
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from memo_edge.data.sources import eval_resize
 from memo_edge.errors import InputError
 from memo_edge.memory.codec import parse_codec
+from memo_edge.runtime.formats import FORMAT_VERSION, format_problem, migrate_manifest
 
 __all__ = [
-    "FORMAT_VERSION", "INT8_ROLE", "WEIGHTS_ROLE", "WEIGHTS_TRUNK", "WEIGHTS_BRANCH", "WEIGHTS_HEAD",
-    "PackageError", "ReadOnlyPackageError", "FileEntry", "InputSpec", "Budget",
+    "FORMAT_VERSION", "Role", "INT8_ROLE", "WEIGHTS_ROLE", "WEIGHTS_TRUNK", "WEIGHTS_BRANCH", "WEIGHTS_HEAD",
+    "PackageError", "ReadOnlyPackageError", "FileEntry", "InputSpec", "Budget", "ModelRecord",
     "Manifest", "check_name", "manifest_problem", "manifest_text", "read_manifest",
 ]
 
-FORMAT_VERSION = 1
-INT8_ROLE = "full-int8"  # an int8 copy of the full graph for CPU inference (export --int8)
-# Training weights (safetensors, what `update` learns from). Per component since issue 13: the
-# trunk's, one per branch (task t), and the classifiers' (fc, aux_fc); an unchanged component keeps
-# its content-addressed file across updates. Packages written before hold one WEIGHTS_ROLE file.
-WEIGHTS_ROLE = "weights"
-WEIGHTS_TRUNK, WEIGHTS_BRANCH, WEIGHTS_HEAD = "weights-trunk", "weights-branch", "weights-head"
+
+class Role(StrEnum):
+    """What a package file is; the value is what the manifest's JSON says."""
+
+    TRUNK = "trunk"  # ONNX: uint8 image -> the shared trunk's feature map
+    BRANCH = "branch"  # ONNX: trunk features -> one task's features (``FileEntry.task``)
+    FULL = "full"  # ONNX: uint8 image -> logits, one graph
+    FULL_INT8 = "full-int8"  # an int8 copy of the full graph for CPU inference (export --int8)
+    HEAD = "head"  # safetensors: the classifier, read with numpy
+    # Training weights (safetensors, what `update` learns from), one file per component: the trunk's,
+    # one per branch (task t) and the classifiers' (fc, aux_fc), so an unchanged component keeps its
+    # content-addressed file across updates. Older packages hold one WEIGHTS file with every tensor.
+    WEIGHTS_TRUNK = "weights-trunk"
+    WEIGHTS_BRANCH = "weights-branch"
+    WEIGHTS_HEAD = "weights-head"
+    WEIGHTS = "weights"
+
+    def kept_by_update(self, *, train_base: bool) -> bool:
+        """Whether an update carries this file over unchanged from the version it learns from.
+
+        The old branch graphs always (old branches stay frozen), the trunk graph while the trunk
+        does; every other file is written anew (weights by content address: an unchanged component's
+        bytes land in the same file).
+        """
+        return self is Role.BRANCH or (self is Role.TRUNK and not train_base)
+
+
+# The short names the rest of the code has used for these roles.
+INT8_ROLE = Role.FULL_INT8
+WEIGHTS_ROLE, WEIGHTS_TRUNK, WEIGHTS_BRANCH, WEIGHTS_HEAD = (
+    Role.WEIGHTS, Role.WEIGHTS_TRUNK, Role.WEIGHTS_BRANCH, Role.WEIGHTS_HEAD)
 _PLAIN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,200}$")
 
 
@@ -45,7 +71,7 @@ class ReadOnlyPackageError(PackageError):
 @dataclass(frozen=True)
 class FileEntry:
     name: str  # <sha256><ext>, a plain name inside the package
-    role: str  # trunk | branch | full | full-int8 | head | weights-trunk | weights-branch | weights-head | weights (old)
+    role: Role
     sha256: str
     size: int
     task: int | None = None  # the task of a branch graph or of a branch's weights
@@ -63,7 +89,7 @@ class InputSpec:
     preprocessing: str = "in-graph"  # uint8 -> float, /255, (x - mean) / std, NHWC -> NCHW inside trunk/full
     # Image files are read as the training data was: shorter side to this, then a centre crop of
     # height x width (data.sources.eval_resize); None: to the height (CIFAR-style packages).
-    resize_to: int | None = None
+    resize_to: int | None = None  # always set in a manifest (format 1 could leave it out)
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -85,10 +111,30 @@ class Budget:
     bytes_per_exemplar: int
     exemplars: int
     per_class: int
-    # How the exemplar rows are stored (memo_edge.memory.codec); exemplar_bytes counts them so. Left
-    # out of raw manifests, which stay as older memo-edge versions wrote and read them.
+    # How the exemplar rows are stored (memo_edge.memory.codec); exemplar_bytes counts them so.
     codec: str = "raw"
     codec_header: str = ""  # Codec.header_sha256 when written: this Pillow must rebuild the same tables
+
+
+@dataclass(frozen=True)
+class ModelRecord:
+    """What ``update`` rebuilds the model from, and how its images are augmented and resized."""
+
+    backbone: str  # a name of memo_edge.model.backbones
+    split: int  # the stage where the trunk ends and the branches begin
+    feature_dim: int  # features per branch
+    task_sizes: tuple[int, ...]  # classes per task, as the manifest's task_classes
+    trunk_frozen: bool
+    augment: str  # "cifar" or "imagenet" (memo_edge.train.augment)
+
+    def to_json(self) -> dict[str, Any]:
+        return {**asdict(self), "task_sizes": list(self.task_sizes)}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ModelRecord:
+        return cls(backbone=str(data["backbone"]), split=int(data["split"]), feature_dim=int(data["feature_dim"]),
+                   task_sizes=tuple(int(n) for n in data["task_sizes"]), trunk_frozen=bool(data["trunk_frozen"]),
+                   augment=str(data["augment"]))
 
 
 @dataclass(frozen=True)
@@ -97,7 +143,7 @@ class Manifest:
     class_names: tuple[str, ...]  # in label order
     task_classes: tuple[tuple[int, int], ...]  # [first, end) labels of each task; task t uses branch t
     input: InputSpec
-    model: dict[str, Any]  # backbone, split, feature_dim, task_sizes, trunk_frozen
+    model: ModelRecord
     budget: Budget
     files: tuple[FileEntry, ...]
     opset: int
@@ -109,25 +155,21 @@ class Manifest:
     created: str = ""
     format_version: int = FORMAT_VERSION
 
-    def file(self, role: str, task: int | None = None) -> FileEntry | None:
+    def file(self, role: Role, task: int | None = None) -> FileEntry | None:
         for entry in self.files:
             if entry.role == role and entry.task == task:
                 return entry
         return None
 
     def branches(self) -> list[FileEntry]:
-        return sorted((f for f in self.files if f.role == "branch"), key=lambda f: f.task or 0)
+        return sorted((f for f in self.files if f.role == Role.BRANCH), key=lambda f: f.task or 0)
 
     def to_json(self) -> dict[str, Any]:
-        data = asdict(self)
-        if self.budget.codec == "raw":
-            for key in ("codec", "codec_header"):
-                data["budget"].pop(key)
-        return data
+        return {**asdict(self), "model": self.model.to_json()}  # a Role is written as its string
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Manifest:
-        """Parse a manifest; a field of the wrong shape raises ValueError naming the field."""
+        """Parse a manifest of the current format; a field of the wrong shape raises ValueError naming it."""
 
         def field_(name: str, parse: Callable[[Any], Any]) -> Any:
             value = data[name]  # a KeyError names a missing field
@@ -140,10 +182,10 @@ class Manifest:
             version=field_("version", int),
             class_names=field_("class_names", tuple),
             task_classes=field_("task_classes", lambda v: tuple((int(a), int(b)) for a, b in v)),
-            input=field_("input", lambda v: _input_spec(v, data.get("model", {}))),
-            model=field_("model", dict),
+            input=field_("input", lambda v: InputSpec(**{**v, "mean": tuple(v["mean"]), "std": tuple(v["std"])})),
+            model=field_("model", ModelRecord.from_json),
             budget=field_("budget", lambda v: Budget(**v)),
-            files=field_("files", lambda v: tuple(FileEntry(**f) for f in v)),
+            files=field_("files", lambda v: tuple(FileEntry(**{**f, "role": _role(f["role"])}) for f in v)),
             opset=field_("opset", int),
             verification=dict(data.get("verification", {})),
             producer=dict(data.get("producer", {})),
@@ -155,10 +197,11 @@ class Manifest:
         )
 
 
-def _input_spec(data: dict[str, Any], model: dict[str, Any]) -> InputSpec:
-    # Manifests written before resize_to existed: the rule their runtime applied, from the augmentation.
-    resize_to = data.get("resize_to", eval_resize(data["height"], model.get("augment", "cifar")))
-    return InputSpec(**{**data, "mean": tuple(data["mean"]), "std": tuple(data["std"]), "resize_to": resize_to})
+def _role(value: str) -> Role:
+    try:
+        return Role(value)
+    except ValueError:
+        raise ValueError(f"unknown role {value!r} (known: {', '.join(Role)})") from None
 
 
 def check_name(name: str) -> str:
@@ -182,9 +225,10 @@ def read_manifest(where: Path, version: int, text: str, expected_sha256: str) ->
         data = json.loads(text)
         if not isinstance(data, dict):
             raise TypeError("not a JSON object")
-        if data.get("format_version") != FORMAT_VERSION:
-            raise PackageError(f"{where}: manifest format {data.get('format_version')!r}, expected {FORMAT_VERSION}")
-        manifest = Manifest.from_json(data)
+        unreadable = format_problem(data.get("format_version"))
+        if unreadable is not None:
+            raise PackageError(f"{where}: {unreadable}")
+        manifest = Manifest.from_json(migrate_manifest(data))
     except KeyError as exc:
         raise PackageError(f"{where}: manifest of version {version} lacks the field {exc}") from None
     except (TypeError, ValueError, AttributeError) as exc:
@@ -195,9 +239,6 @@ def read_manifest(where: Path, version: int, text: str, expected_sha256: str) ->
     if problem is not None:
         raise PackageError(f"{where}: manifest of version {version} is inconsistent: {problem}")
     return manifest
-
-
-_ROLES = ("trunk", "branch", "full", INT8_ROLE, "head", WEIGHTS_ROLE, WEIGHTS_TRUNK, WEIGHTS_BRANCH, WEIGHTS_HEAD)
 
 
 def manifest_problem(m: Manifest) -> str | None:
@@ -215,8 +256,8 @@ def manifest_problem(m: Manifest) -> str | None:
     if ends[-1] != len(names):
         return f"task_classes: end at {ends[-1]} classes, but class_names lists {len(names)}"
     sizes = [end - a for a, end in m.task_classes]
-    if list(m.model.get("task_sizes", sizes)) != sizes:
-        return f"model.task_sizes: {m.model.get('task_sizes')} does not match task_classes {sizes}"
+    if list(m.model.task_sizes) != sizes:
+        return f"model.task_sizes: {list(m.model.task_sizes)} does not match task_classes {sizes}"
     if min(inp.height, inp.width, inp.channels) < 1 or len(inp.mean) != inp.channels or len(inp.std) != inp.channels:
         return f"input: {inp.height}x{inp.width}x{inp.channels} with {len(inp.mean)} means and {len(inp.std)} stds"
     if inp.file_resize < min(inp.height, inp.width):
@@ -243,9 +284,7 @@ def manifest_problem(m: Manifest) -> str | None:
         return f"budget: model {b.model_bytes} B + exemplars {b.exemplar_bytes} B exceed the total {b.total_bytes} B"
     for entry in m.files:
         check_name(entry.name)
-        if entry.role not in _ROLES:
-            return f"files: unknown role {entry.role!r} ({entry.name})"
-    for role in ("trunk", "head"):
+    for role in (Role.TRUNK, Role.HEAD):
         if m.file(role) is None:
             return f"files: no {role}"
     # One branch per task (MEMO, DER) or fewer (a single-backbone replay package has one).
@@ -258,7 +297,7 @@ def manifest_problem(m: Manifest) -> str | None:
 def _weights_problem(m: Manifest, branches: list[int | None]) -> str | None:
     """Training weights are optional, but whole: one old-style file, or every component's."""
     roles = [f.role for f in m.files]
-    split = [f for f in m.files if f.role in (WEIGHTS_TRUNK, WEIGHTS_BRANCH, WEIGHTS_HEAD)]
+    split = [f for f in m.files if f.role in (Role.WEIGHTS_TRUNK, Role.WEIGHTS_BRANCH, Role.WEIGHTS_HEAD)]
     if roles.count(WEIGHTS_ROLE) > 1:
         return f"files: {roles.count(WEIGHTS_ROLE)} {WEIGHTS_ROLE} files, expected at most one"
     if not split:

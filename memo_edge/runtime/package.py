@@ -1,4 +1,4 @@
-"""The package: what a user copies to the device. Shared by export (writes) and runtime (reads).
+"""The package: what a user copies to the device. Read here; written by ``runtime/writer.py``.
 
 Layout (a directory)::
 
@@ -9,36 +9,26 @@ Layout (a directory)::
                               in packages written before)
     engines/<key>/            TensorRT engine cache: always safe to delete, rebuilt from the ONNX
 
-Reading verifies what it uses: the format version, the manifest's own sha256, and for every file
-the name (plain, inside the package, no link), size and sha256. Nothing here imports torch.
+Reading verifies what it uses: the format version (``runtime/formats.py``: an older one is migrated
+in memory, a newer one refused), the manifest's own sha256, and for every file the name (plain,
+inside the package, no link), size and sha256. Nothing here imports torch.
 """
 
 from __future__ import annotations
 
 import hashlib
 import struct
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
-from datetime import datetime, timezone
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from memo_edge.memory.codec import parse_codec
 from memo_edge.memory.exemplars import ExemplarDecodeError, ExemplarSet
-from memo_edge.runtime.catalog import (
-    CATALOG,
-    SCHEMA,
-    JOURNAL_MODE,
-    add_version,
-    catalog,
-    connect,
-    current_version,
-    transaction,
-)
+from memo_edge.runtime.catalog import CATALOG, catalog, current_version
+from memo_edge.runtime.formats import FORMAT_VERSION, format_problem
 from memo_edge.runtime.manifest import (
-    FORMAT_VERSION,
     INT8_ROLE,
     Budget,
     FileEntry,
@@ -46,33 +36,18 @@ from memo_edge.runtime.manifest import (
     Manifest,
     PackageError,
     ReadOnlyPackageError,
+    Role,
     check_name,
     read_manifest,
 )
-from memo_edge.utils.io import atomic_directory, atomic_write_bytes, sha256_file
+from memo_edge.utils.io import sha256_file
 
 # The package's public names; the manifest and catalog modules hold the details.
 __all__ = [
-    "FORMAT_VERSION", "CATALOG", "INT8_ROLE", "PackageError", "ReadOnlyPackageError", "FileEntry", "InputSpec",
-    "Budget", "Manifest", "PackageVersion", "open_package", "write_package", "store_file", "check_name",
-    "exemplar_digest", "verify_file",
+    "FORMAT_VERSION", "CATALOG", "INT8_ROLE", "Role", "PackageError", "ReadOnlyPackageError", "FileEntry",
+    "InputSpec", "Budget", "Manifest", "PackageVersion", "open_package", "check_name", "exemplar_digest",
+    "verify_file",
 ]
-
-
-def store_file(root: Path, data: bytes, role: str, ext: str, task: int | None = None) -> FileEntry:
-    """Write ``data`` content-addressed into ``root`` (atomically).
-
-    An existing identical file is kept, not rewritten (its inode, mtime and TensorRT engines stay):
-    what an update does with the files of the components it did not change. A damaged one (other
-    size or sha256) is replaced.
-    """
-    digest = hashlib.sha256(data).hexdigest()
-    path = root / check_name(f"{digest}{ext}")
-    if not (path.is_file() and not path.is_symlink() and path.stat().st_size == len(data)
-            and sha256_file(path) == digest):
-        atomic_write_bytes(path, data)
-    name = path.name
-    return FileEntry(name=name, role=role, sha256=digest, size=len(data), task=task)
 
 
 def exemplar_digest(exemplars: ExemplarSet, tasks: np.ndarray) -> str:
@@ -88,42 +63,6 @@ def _rows_digest(labels: np.ndarray, ranks: np.ndarray, tasks: np.ndarray, blobs
         h.update(struct.pack("<qqq", int(labels[i]), int(ranks[i]), int(tasks[i])))
         h.update(blobs[i])
     return h.hexdigest()
-
-
-# -- writing ----------------------------------------------------------------------------------------
-
-
-def write_package(
-    dest: Path,
-    manifest: Manifest,
-    blobs: Sequence[tuple[bytes, str, str, int | None]],
-    exemplars: ExemplarSet,
-    tasks: np.ndarray,
-    *,
-    verify: Callable[[PackageVersion], dict[str, Any]] | None = None,
-) -> Manifest:
-    """Write a new package (version ``manifest.version``) at ``dest``, all or nothing.
-
-    ``blobs`` are (data, role, extension, task); their entries replace ``manifest.files``. The package
-    is assembled in a temp directory beside ``dest``; ``verify`` runs on the files there (its report
-    goes into the manifest, its exception aborts the export), then the directory is renamed into place.
-    """
-    with atomic_directory(dest) as tmp:
-        files = tuple(store_file(tmp, data, role, ext, task) for data, role, ext, task in blobs)
-        created = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        final = replace(manifest, files=files, created=created, exemplars_sha256=exemplar_digest(exemplars, tasks))
-        if verify is not None:
-            final = replace(final, verification=verify(PackageVersion(tmp, final)))
-        conn = connect(tmp / CATALOG, readonly=False)
-        try:
-            conn.execute(f"PRAGMA journal_mode = {JOURNAL_MODE}")
-            conn.executescript(SCHEMA)
-            with transaction(conn):
-                conn.execute("INSERT INTO meta VALUES ('format_version', ?)", (str(FORMAT_VERSION),))
-            add_version(conn, final, exemplars, tasks)
-        finally:
-            conn.close()
-    return final
 
 
 # -- reading ----------------------------------------------------------------------------------------
@@ -179,8 +118,9 @@ def open_package(root: Path, *, version: int | None = None, verify: bool = True)
             version = current_version(conn)
         found = conn.execute("SELECT manifest, manifest_sha256 FROM versions WHERE version = ?", (version,)).fetchone()
     where = root / CATALOG
-    if fmt is None or fmt[0] != str(FORMAT_VERSION):
-        raise PackageError(f"{where}: package format {None if fmt is None else fmt[0]!r}, expected {FORMAT_VERSION}")
+    unreadable = format_problem(None if fmt is None else fmt[0])
+    if unreadable is not None:
+        raise PackageError(f"{where}: {unreadable}")
     if found is None:
         raise PackageError(f"{where}: no version {version}")
     manifest = read_manifest(where, version, *found)

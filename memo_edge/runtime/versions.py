@@ -1,12 +1,7 @@
-"""Package versions on the device: append one (an update), roll back, collect garbage.
+"""Package versions on the device: list them, roll back, collect garbage.
 
-Commit protocol: the writer holds the package's writer lock (``runtime/lock.py``) from start to end.
-New files are written content-addressed (temp file, fsync, rename) next to the old ones, then ONE
-SQLite transaction inserts the version, its budget and exemplar rows and moves ``head``, after
-checking that the version it was derived from is still current. A crash before the commit leaves the
-previous version current and intact (the new files are orphans, removed by the next writer); a crash
-after it leaves the new version complete. Files of the last versions stay, so a reader that opened
-version N keeps a consistent view while N+1 is committed.
+A new version is written by ``runtime/writer.py`` (its commit protocol is described there), which
+calls the garbage collection here after each commit.
 """
 
 from __future__ import annotations
@@ -14,23 +9,17 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
-from datetime import datetime, timezone
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-import numpy as np
-
-from memo_edge.memory.exemplars import ExemplarSet
 from memo_edge.runtime.check import require_intact
 from memo_edge.runtime.lock import writer_lock
-from memo_edge.runtime.catalog import add_version, catalog, crash_point, current_version, transaction
-from memo_edge.runtime.manifest import FileEntry, Manifest, PackageError
-from memo_edge.runtime.package import PackageVersion, exemplar_digest, open_package, store_file
+from memo_edge.runtime.catalog import catalog, current_version, transaction
+from memo_edge.runtime.manifest import Manifest, PackageError
+from memo_edge.runtime.package import open_package
 
-__all__ = ["VersionInfo", "list_versions", "append_version", "rollback", "collect_garbage", "remove_orphans",
-           "KEEP_VERSIONS"]
+__all__ = ["VersionInfo", "list_versions", "rollback", "collect_garbage", "remove_orphans", "KEEP_VERSIONS"]
 
 log = logging.getLogger(__name__)
 KEEP_VERSIONS = 2
@@ -59,32 +48,6 @@ def _current(root: Path, versions: Sequence[VersionInfo]) -> VersionInfo:
     return current
 
 
-def append_version(
-    root: Path,
-    manifest: Manifest,
-    blobs: Sequence[tuple[bytes, str, str, int | None]],
-    kept: Sequence[FileEntry],
-    exemplars: ExemplarSet,
-    tasks: np.ndarray,
-    *,
-    verify: Callable[[PackageVersion], dict[str, Any]] | None = None,
-) -> PackageVersion:
-    """Write ``blobs``, verify the new version, then commit it (and its exemplars) in one transaction.
-
-    The caller holds the writer lock; ``manifest.parent`` must be the current version at the commit.
-    """
-    files = tuple(kept) + tuple(store_file(root, data, role, ext, task) for data, role, ext, task in blobs)
-    created = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    final = replace(manifest, files=files, created=created, exemplars_sha256=exemplar_digest(exemplars, tasks))
-    if verify is not None:
-        final = replace(final, verification=verify(PackageVersion(root, final)))
-    crash_point("files-written")
-    with catalog(root, readonly=False) as conn:
-        add_version(conn, final, exemplars, tasks)
-    crash_point("after-commit")
-    return open_package(root)
-
-
 def rollback(root: Path) -> int:
     """Make the current version's parent current again (under the writer lock); returns it."""
     with writer_lock(root, "rollback"):
@@ -99,8 +62,11 @@ def rollback(root: Path) -> int:
     return current.parent
 
 
-def collect_garbage(root: Path, *, keep: int = KEEP_VERSIONS) -> list[str]:
-    """Drop versions beyond the newest ``keep`` (never the current one or its parent) and unused files."""
+def collect_garbage(root: Path, *, keep: int = KEEP_VERSIONS, manifests: Sequence[Manifest] | None = None) -> list[str]:
+    """Drop versions beyond the newest ``keep`` (never the current one or its parent) and unused files.
+
+    ``manifests``: those of every version the catalog keeps, if the caller holds them (else read).
+    """
     versions = list_versions(root)
     current = _current(root, versions)
     keep_set = {v.version for v in versions[-keep:]} | {current.version}
@@ -113,19 +79,22 @@ def collect_garbage(root: Path, *, keep: int = KEEP_VERSIONS) -> list[str]:
                 conn.execute(f"DELETE FROM {table} WHERE version = ?", (version,))
             conn.execute("UPDATE versions SET parent = NULL WHERE parent = ?", (version,))
             conn.execute("DELETE FROM versions WHERE version = ?", (version,))
-    removed = remove_orphans(root)
+    kept = None if manifests is None else [m for m in manifests if m.version not in drop]
+    removed = remove_orphans(root, kept)
     if drop or removed:
         log.info("%s: dropped versions %s, removed %d unused files", root, drop, len(removed))
     return removed
 
 
-def remove_orphans(root: Path) -> list[str]:
+def remove_orphans(root: Path, manifests: Sequence[Manifest] | None = None) -> list[str]:
     """Remove files that no kept version references: what a failed or killed writer left behind.
 
     Only for the holder of the writer lock: another writer's new files are orphans until it commits.
+    ``manifests``: those of every version the catalog keeps, if the caller holds them (else read).
     """
-    versions = [v.version for v in list_versions(root)]
-    entries = [f for v in versions for f in open_package(root, version=v, verify=False).manifest.files]
+    if manifests is None:
+        manifests = [open_package(root, version=v.version, verify=False).manifest for v in list_versions(root)]
+    entries = [f for m in manifests for f in m.files]
     used, used_sha = {f.name for f in entries}, {f.sha256 for f in entries}
     removed = []
     for path in root.iterdir():
