@@ -12,7 +12,7 @@ import json
 import re
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from enum import StrEnum
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +27,8 @@ __all__ = [
 ]
 
 
-class Role(StrEnum):
-    """What a package file is; the value is what the manifest's JSON says."""
+class Role(str, Enum):
+    """What a package file is; the value is what the manifest's JSON says (a StrEnum, kept 3.10-compatible)."""
 
     TRUNK = "trunk"  # ONNX: uint8 image -> the shared trunk's feature map
     BRANCH = "branch"  # ONNX: trunk features -> one task's features (``FileEntry.task``)
@@ -42,6 +42,12 @@ class Role(StrEnum):
     WEIGHTS_BRANCH = "weights-branch"
     WEIGHTS_HEAD = "weights-head"
     WEIGHTS = "weights"
+
+    def __str__(self) -> str:
+        return self.value
+
+    def __format__(self, spec: str) -> str:
+        return format(self.value, spec)
 
     def kept_by_update(self, *, train_base: bool) -> bool:
         """Whether an update carries this file over unchanged from the version it learns from.
