@@ -58,7 +58,7 @@ class PackageWriter:
     def __init__(self, root: Path, current: PackageVersion | None, version: int) -> None:
         self.root = root  # where the files go (for a new package, its temp directory until the block ends)
         self.current = current  # the version an update learns from, opened and verified once; None: a new package
-        self.version = version  # the number the new version gets
+        self.version = version  # the new version's number: above every one ever kept (after a rollback too)
         self.parent = None if current is None else current.manifest.version  # must still be current at the commit
         self.committed: Manifest | None = None
         # Files whose sha256 was checked in this block: staging the same bytes again does not re-read them.
