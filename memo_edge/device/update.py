@@ -24,7 +24,7 @@ from memo_edge.export.exporter import exemplar_tasks, model_blobs, model_manifes
 from memo_edge.export.quantize import calibration_images
 from memo_edge.export.verify import verify_package
 from memo_edge.memory.alignment import count_parameters
-from memo_edge.memory.codec import parse_codec
+from memo_edge.memory.codec import RAW, parse_codec
 from memo_edge.memory.policy import MemoryPolicy
 from memo_edge.model import MemoNet, create_backbone
 from memo_edge.runtime.check import require_intact
@@ -156,7 +156,7 @@ def update_package(config: UpdateConfig, on_event: Event | None = None) -> Packa
 def _codec_report(result: TaskResult) -> dict:
     """What a codec cost this update (nothing is added for raw exemplars)."""
     codec = result.exemplars.codec
-    return {} if codec.is_raw else {"codec": codec.spec, "codec_seconds": result.codec_seconds}
+    return {} if codec == RAW else {"codec": codec.spec, "codec_seconds": result.codec_seconds}
 
 
 def _update(config: UpdateConfig, on_event: Event) -> PackageVersion:

@@ -234,10 +234,8 @@ def _total_budget(header: dict[str, Any], model: MemoNet, exemplars: ExemplarSet
     if requested is None:
         policy = MemoryPolicy.from_json(header["memory"])
         seen = model.num_classes
-        if exemplars.codec.is_raw:  # whole raw exemplars, as before codecs existed
-            share = policy.per_class(seen, model_bytes=model_bytes, bytes_per_exemplar=per_exemplar) * per_exemplar
-        else:
-            share = policy.class_bytes(seen, model_bytes=model_bytes, bytes_per_exemplar=per_exemplar)
+        whole = exemplars.codec.fixed_size(per_exemplar) or 1  # raw: whole exemplars, as before codecs existed
+        share = policy.class_bytes(seen, model_bytes=model_bytes, bytes_per_exemplar=per_exemplar) // whole * whole
         requested = model_bytes + share * seen
     if requested < model_bytes + exemplars.nbytes:
         raise InputError(f"total budget {requested:,} B is below what task-{task:02d} already holds: model "

@@ -86,9 +86,10 @@ def resolve_memory(config: TrainConfig, scenario: Scenario, bytes_per_exemplar: 
             policy = MemoryPolicy("total", int(config.memory))
         except ValueError:
             raise InputError(f"--memory must be a number of exemplars or 'aligned', got {config.memory!r}") from None
-    final = policy.per_class(scenario.num_classes, model_bytes=0, bytes_per_exemplar=bytes_per_exemplar)
-    if not codec.is_raw:  # how many a share holds is only known once images are encoded (train/task.py checks)
-        final = policy.class_bytes(scenario.num_classes, model_bytes=0, bytes_per_exemplar=bytes_per_exemplar)
+    share = policy.class_bytes(scenario.num_classes, model_bytes=0, bytes_per_exemplar=bytes_per_exemplar)
+    # Exemplars of a fixed size (raw) are counted here; an encoded size is only known once the images are
+    # encoded (train/task.py checks that every class keeps one).
+    final = share // (codec.fixed_size(bytes_per_exemplar) or 1)
     if final < 1:
         raise InputError(
             f"memory budget too small: {policy.describe()} leaves less than one exemplar per class "

@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 from memo_edge.data.sources import ArraySource, ImageSource, concat_sources
 from memo_edge.errors import MemoEdgeError
 from memo_edge.memory.alignment import exemplar_bytes
-from memo_edge.memory.codec import Codec
+from memo_edge.memory.codec import Codec, StoredForms
 from memo_edge.memory.exemplars import ExemplarSet, select_exemplars
 from memo_edge.memory.policy import MemoryPolicy
 from memo_edge.model import MemoNet
@@ -102,14 +102,9 @@ def learn_task(
     arguments: each trains on its share of every batch, and all end with the same model and exemplars.
     """
     codec = exemplars.codec
-    start = time.perf_counter()
-    train_new: ImageSource = new_data
-    if not codec.is_raw:  # every new image as the memory would hold it (raw: read after training, as always)
-        images = new_data.take(np.arange(len(new_data)))
-        seen_images, encoded = codec.round_trip(images)
-        if codec_mix > 0 and codec.lossy:
-            train_new = CodecMix(images, seen_images, new_data.labels, codec_mix)
-    codec_seconds = time.perf_counter() - start if not codec.is_raw else 0.0
+    # The new images as the memory would hold them: before training only when training sees them too.
+    new = _through_codec(new_data, codec) if codec_mix > 0 and codec.lossy else None
+    train_new = new_data if new is None else CodecMix(new.original, new.seen, new_data.labels, codec_mix)
     model.expand(num_new)
     model.to(device)
     if model.num_tasks > 1:
@@ -132,39 +127,51 @@ def learn_task(
             if nhwc:  # checkpoints, export and the device want plain contiguous tensors
                 to_memory_format(model, False)
         gamma = model.weight_align()
-        updated, means, per_class, share = _remember(model, new_data, exemplars, memory, transforms, device,
-                                                     precision, None if codec.is_raw else (seen_images, encoded))
-    return TaskResult(updated, means, gamma, loss, speed, per_class, steps, share, round(codec_seconds, 3),
+        new = new or _through_codec(new_data, codec)
+        updated, means, per_class, share = _remember(model, new_data.labels, new, exemplars, memory, transforms, device,
+                                                     precision)
+    return TaskResult(updated, means, gamma, loss, speed, per_class, steps, share, round(new.seconds, 3),
                       round(seconds, 3))
 
 
-def _remember(model: MemoNet, new_data: ImageSource, exemplars: ExemplarSet, memory: MemoryPolicy,
-              transforms: Transforms, device: torch.device, precision: str,
-              round_trip: tuple[np.ndarray, list[bytes]] | None) -> tuple[ExemplarSet, np.ndarray, int, int]:
+@dataclass(frozen=True)
+class _NewImages:
+    """A task's new images, as read and as the exemplar codec gives them back, with their stored forms."""
+
+    original: np.ndarray
+    seen: np.ndarray
+    forms: StoredForms
+    seconds: float  # the codec's encoding and decoding (raw: a view, nothing)
+
+
+def _through_codec(new_data: ImageSource, codec: Codec) -> _NewImages:
+    images = new_data.take(np.arange(len(new_data)))
+    start = time.perf_counter()
+    seen, forms = codec.round_trip(images)
+    return _NewImages(images, seen, forms, time.perf_counter() - start)
+
+
+def _remember(model: MemoNet, labels: np.ndarray, new: _NewImages, exemplars: ExemplarSet, memory: MemoryPolicy,
+              transforms: Transforms, device: torch.device, precision: str) -> tuple[ExemplarSet, np.ndarray, int, int]:
     """Steps 5-6 of a task, after training: (the new exemplar memory, every class's mean, raw exemplars per
-    class, stored bytes per class). ``round_trip``: the new images as the exemplar codec gives them back,
-    and their stored forms (None: raw, read here)."""
+    class, stored bytes per class). New exemplars are herded on ``new.seen``, the images as stored."""
     codec = exemplars.codec
-    raw = exemplar_bytes(new_data.image_shape)
+    raw = exemplar_bytes(new.original.shape[1:])
     per_class = memory.per_class(model.num_classes, model_bytes=model.model_bytes(), bytes_per_exemplar=raw)
     share = memory.class_bytes(model.num_classes, model_bytes=model.model_bytes(), bytes_per_exemplar=raw)
     kept = exemplars.fit(share)
-    seen_images, encoded = round_trip if round_trip is not None else (new_data.take(np.arange(len(new_data))), None)
-    new_view = new_data if codec.is_raw else ArraySource(seen_images, new_data.labels)
-    new_features, _ = extract(model, new_view, transforms.test, device, precision=precision)
-    selected = select_exemplars(seen_images, new_data.labels, new_features, class_bytes=share, encoded=encoded,
-                                codec=codec)
+    new_features, _ = extract(model, ArraySource(new.seen, labels), transforms.test, device, precision=precision)
+    selected = select_exemplars(new.seen, labels, new_features, class_bytes=share, encoded=new.forms, codec=codec)
     updated = kept.extend(selected)
-    if not codec.is_raw:
-        _check_every_class_kept(updated, model.num_classes, share, codec)
+    _check_every_class_kept(updated, model.num_classes, share, codec)
     # Prototypes of every seen class come from the current model (old classes' features moved too).
     feats, _ = extract(model, ArraySource(updated.images, updated.labels), transforms.test, device, precision=precision)
     return updated, class_means(feats, updated.labels, model.num_classes), per_class, share
 
 
 def _check_every_class_kept(exemplars: ExemplarSet, num_classes: int, share: int, codec: Codec) -> None:
-    """Under a codec a stored image can be larger than raw (PNG of noise, JPEG at quality 100): a class
-    whose share cannot hold its first exemplar is an error, not a class with no prototype."""
+    """A stored image can be larger than its share (PNG of noise, JPEG at quality 100, a raw image over a
+    tiny share): a class that cannot keep its first exemplar is an error, not a class with no prototype."""
     missing = sorted(set(range(num_classes)) - set(exemplars.classes().tolist()))
     if missing:
         raise MemoEdgeError(f"class {missing[0]} keeps no exemplar: its share of {share:,} B cannot hold its first "
