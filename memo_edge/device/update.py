@@ -33,11 +33,10 @@ from memo_edge.runtime.catalog import next_version
 from memo_edge.runtime.manifest import WEIGHTS_BRANCH, WEIGHTS_HEAD, WEIGHTS_ROLE, WEIGHTS_TRUNK
 from memo_edge.runtime.package import INT8_ROLE, Manifest, PackageVersion, open_package
 from memo_edge.runtime.versions import append_version, collect_garbage, remove_orphans
-from memo_edge.train.augment import TestTransform, build_augment
-from memo_edge.train.recipe import paper_recipe
+from memo_edge.train.config import TaskOptions
 from memo_edge.train.device import select_device
-from memo_edge.train.precision import resolve_precision
-from memo_edge.train.task import TaskResult, Transforms, learn_task
+from memo_edge.train.plan import Transforms, plan_tasks
+from memo_edge.train.task import TaskResult, learn_task
 
 __all__ = ["UpdateConfig", "Event", "update_package", "branch_bytes", "check_budget", "load_new_classes"]
 
@@ -164,13 +163,15 @@ def _update(config: UpdateConfig, on_event: Event) -> PackageVersion:
     m = version.manifest
     new_data, new_names = load_new_classes(config.data, m)
     check_budget(m, len(new_names))
-    if config.codec_mix and not parse_codec(m.budget.codec).lossy:
-        raise InputError(f"--codec-mix shows new images through a lossy exemplar codec; this package stores its "
-                         f"exemplars as {m.budget.codec}, which gives them back unchanged")
     if config.int8 and m.file("full") is None:
         raise InputError(f"{config.package}: --int8 quantizes the full graph, which this package does not have")
-    device = select_device(config.device)
-    precision = resolve_precision(config.precision, device)  # fp16 on a CPU is refused here, before any work
+    augment = m.model.get("augment", "cifar")
+    # Checked here, before any work (fp16 on a CPU, --codec-mix under a lossless codec, ...).
+    plan = plan_tasks(TaskOptions(epochs=config.epochs, batch_size=config.batch_size, schedule=config.schedule,
+                                  precision=config.precision, codec_mix=config.codec_mix),
+                      Transforms.of(augment, m.input.mean, m.input.std, m.input.height),
+                      memory=MemoryPolicy("bytes", m.budget.total_bytes), train_base=config.train_base,
+                      device=select_device(config.device), codec=parse_codec(m.budget.codec))
     on_event({"event": "checked", "version": m.version, "classes": list(new_names), "images": len(new_data),
               "epochs": config.epochs})
     torch.manual_seed(config.seed)
@@ -178,15 +179,9 @@ def _update(config: UpdateConfig, on_event: Event) -> PackageVersion:
     model = _load_model(version)
     exemplars, _ = version.exemplars()
     known = len(m.class_names)
-    augment = m.model.get("augment", "cifar")
-    transforms = Transforms(build_augment(augment, m.input.mean, m.input.std, m.input.height),
-                            TestTransform(m.input.mean, m.input.std))
-    recipe = paper_recipe(1, epochs=config.epochs, schedule=config.schedule, batch_size=config.batch_size)  # type: ignore[arg-type]
     result = learn_task(
-        model, new_data.with_labels(new_data.labels + known), exemplars, num_new=len(new_names), recipe=recipe,
-        train_base=config.train_base, memory=MemoryPolicy("bytes", m.budget.total_bytes), transforms=transforms,
-        device=device, generator=generator, desc=f"task {model.num_tasks}", precision=precision,
-        codec_mix=config.codec_mix,
+        model, plan, new_data.with_labels(new_data.labels + known), exemplars, num_new=len(new_names),
+        generator=generator, desc=f"task {model.num_tasks}",
         on_epoch=lambda epoch, epochs, loss: on_event({"event": "epoch", "epoch": epoch, "epochs": epochs,
                                                        "loss": round(loss, 6)}),
     )
@@ -198,7 +193,7 @@ def _update(config: UpdateConfig, on_event: Event) -> PackageVersion:
                        class_names=(*m.class_names, *new_names), augment=augment,
                        total_budget_bytes=m.budget.total_bytes,
                        source={**m.source, "update": {"data": config.data, "epochs": config.epochs,
-                                                      "train_base": config.train_base, "precision": precision,
+                                                      "train_base": config.train_base, "precision": plan.precision,
                                                       **_codec_report(result)}}),
         parent=m.version,
     )
