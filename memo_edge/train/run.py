@@ -43,7 +43,7 @@ from memo_edge.train.recipe import default_train_base
 from memo_edge.train.results import TaskRecord, producer_versions, write_results
 from memo_edge.train.task import learn_task
 from memo_edge.train.device import select_device
-from memo_edge.train.rundir import CONFIG_FILE, RunHeader, RunMemory, load_run_data, read_run_header
+from memo_edge.train.rundir import CONFIG_FILE, RunHeader, RunMemory, holds_run_of, load_run_data, read_run_header
 from memo_edge.utils.io import atomic_write_json
 from memo_edge.utils.paths import check_separate
 
@@ -135,11 +135,7 @@ def prepare(config: TrainConfig) -> RunSetup:
 def _check_run_dir(out: Path, config: TrainConfig) -> None:
     """Refuse an ``out`` that already holds a run (read only: every process of a distributed run checks)."""
     if (out / CONFIG_FILE).exists() or any(out.glob("task-[0-9][0-9]")):
-        try:
-            same = read_run_header(out).config.same_run_as(config)
-        except InputError:  # missing or damaged: not this run
-            same = False
-        what = "this run" if same else "a different run"
+        what = "this run" if holds_run_of(out, config) else "a different run"
         raise InputError(f"{out} already holds {what}; pass --resume to continue it or --force to start over")
 
 

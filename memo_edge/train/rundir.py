@@ -17,7 +17,8 @@ from memo_edge.errors import InputError
 from memo_edge.memory.policy import MemoryPolicy
 from memo_edge.train.config import TrainConfig
 
-__all__ = ["CONFIG_FILE", "RunHeader", "RunMemory", "load_run_data", "read_run_header", "run_test_split"]
+__all__ = ["CONFIG_FILE", "RunHeader", "RunMemory", "holds_run_of", "load_run_data", "read_run_header",
+           "run_test_split"]
 
 CONFIG_FILE = "config.json"
 
@@ -126,6 +127,15 @@ def read_run_header(run_dir: Path) -> RunHeader:
         return RunHeader.from_json(json.loads(path.read_text()), source=path)
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise InputError(f"{path} is damaged: {exc!r}") from None
+
+
+def holds_run_of(run_dir: Path, config: TrainConfig) -> bool:
+    """Whether ``run_dir``'s header describes the experiment ``config`` does (False when it has none or a
+    damaged one)."""
+    try:
+        return read_run_header(run_dir).config.same_run_as(config)
+    except InputError:
+        return False
 
 
 def run_test_split(config: TrainConfig, scenario: Scenario, task: int) -> ImageSource:
