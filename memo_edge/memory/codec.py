@@ -112,9 +112,9 @@ class Codec:
 
     def decode_many(self, blobs: Sequence[bytes], shape: tuple[int, int, int]) -> np.ndarray:
         """uint8 [N, H, W, C]; a CodecError carries the ``index`` of the first blob that does not decode."""
-        if isinstance(blobs, StoredForms) and blobs.pixels is not None:  # a raw view: already the images
-            return blobs.pixels
         if self.name == "raw":
+            if isinstance(blobs, StoredForms) and blobs.pixels is not None:  # a view: already the images
+                return blobs.pixels
             joined = b"".join(blobs)
             if len(joined) == len(blobs) * int(np.prod(shape)):  # one copy instead of one per image
                 return np.frombuffer(joined, np.uint8).reshape(len(blobs), *shape).copy()
