@@ -30,12 +30,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from memo_edge.data.scenario import Scenario, remap, task_subset
+from memo_edge.data.scenario import remap, task_subset
 from memo_edge.data.sources import ArraySource
 from memo_edge.memory.herding import herding_order, l2_normalize
 from memo_edge.train.augment import TestTransform
 from memo_edge.train.checkpoint import load_checkpoint, verified_states
-from memo_edge.train.config import TrainConfig
 from memo_edge.train.features import class_means, evaluate, extract
 from memo_edge.train.precision import resolve_precision
 from memo_edge.train.rundir import load_run_data, read_run_header
@@ -68,11 +67,11 @@ def measure(run: Path, device: torch.device, precisions: list[str]) -> dict[str,
     task = len(states) - 1
     checkpoint = load_checkpoint(run, task, state=states[-1])
     model, exemplars = checkpoint.model.to(device).eval(), checkpoint.exemplars
-    scenario = Scenario.from_json(header["scenario"])
-    dataset, _ = load_run_data(TrainConfig.from_json(header["config"]))
+    scenario = header.scenario
+    dataset, _ = load_run_data(header.config)
     new_images = task_subset(remap(dataset.train, scenario), scenario, task)
     test = task_subset(remap(dataset.test, scenario), scenario, task, seen=True)
-    transform = TestTransform(header["normalization"]["mean"], header["normalization"]["std"])
+    transform = TestTransform(header.mean, header.std)
     m = int(states[-1]["record"]["per_class"])
     new_classes = sorted(set(new_images.labels.tolist()))
     boundaries = scenario.boundaries()[: task + 1]

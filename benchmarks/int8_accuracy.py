@@ -58,7 +58,7 @@ def measure(run: Path, workdir: Path, sweep: list[int], variants: list[str]) -> 
     version, _ = export_run(ExportConfig(run, workdir / run.name, int8=True))
     export_s = time.perf_counter() - start
     task = len(version.manifest.task_classes) - 1
-    test = run_test_split(header, task)
+    test = run_test_split(header.config, header.scenario, task)
     top_fp32 = top1(create_backend("ort-cpu", version, precision="fp32").logits, test)
     top_int8 = top1(create_backend("ort-cpu", version, precision="int8").logits, test)
     labels = test.labels
@@ -80,10 +80,10 @@ def measure(run: Path, workdir: Path, sweep: list[int], variants: list[str]) -> 
         session = onnxruntime.InferenceSession(data, providers=["CPUExecutionProvider"])
         top = top1(lambda x: session.run(None, {"image": x})[0], test)
         made[name] = (100 * float(np.mean(top == labels)), 100 * float(np.mean(top == top_fp32)), seconds)
-    c = header["config"]
+    c = header.config
     return {
-        "run": f"{c['dataset']} {c['scenario']} ({c.get('classes') or 'all'} classes), {c['backbone']}, "
-               f"{c['init_epochs']}/{c['epochs']} epochs",
+        "run": f"{c.dataset} {c.scenario} ({c.classes or 'all'} classes), {c.backbone}, "
+               f"{c.init_epochs}/{c.epochs} epochs",
         "tasks": task + 1, "images": len(labels), "pytorch": results["tasks"][task]["metrics"]["top1"],
         "fp32": 100 * float(np.mean(top_fp32 == labels)), "int8": 100 * float(np.mean(top_int8 == labels)),
         "agreement": 100 * float(np.mean(top_fp32 == top_int8)),

@@ -257,11 +257,11 @@ def test_analyze_layers_needs_two_tasks(frozen_run: Path, tmp_path: Path) -> Non
 def test_images_come_from_task_0_of_a_run_on_a_class_slice() -> None:
     """A run on the first 6 classes of the order (config "classes"): labels 0..5 are order[0..5]."""
     from memo_edge.data.datasets import load_dataset
+    from memo_edge.train.config import TrainConfig
     from memo_edge.train.rundir import run_test_split
 
-    header = {"config": {"out": "unused", "dataset": "digits", "classes": 6, "seed": 1993},
-              "scenario": Scenario("B0Inc3", tuple(range(6)), (3, 3)).to_json()}
-    test = run_test_split(header, 0)
+    config = TrainConfig(out="unused", dataset="digits", classes=6, seed=1993)
+    test = run_test_split(config, Scenario("B0Inc3", tuple(range(6)), (3, 3)), 0)
     digits = load_dataset("digits").test
     first = make_class_order(10, seed=1993)[:3]
     assert len(test) == int(np.isin(digits.labels, first).sum())

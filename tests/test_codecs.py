@@ -155,6 +155,24 @@ def test_shrinking_keeps_a_prefix_that_fits_the_new_share() -> None:
     assert raw.fit(5 * 3072 + 100) == raw.reduce(5)
 
 
+def test_raw_is_a_codec_whose_round_trip_is_the_identity(tmp_path: Path) -> None:
+    images, labels, features = _toy()
+    seen, forms = RAW.round_trip(images)
+    assert np.array_equal(seen, images) and RAW.fixed_size(images[0].size) == images[0].size
+    assert np.shares_memory(forms.pixels, images)  # a view: raw exemplars are not held twice
+    assert list(forms) == [image.tobytes() for image in images] and set(forms.sizes().tolist()) == {images[0].size}
+    assert np.array_equal(RAW.decode_many(list(forms), images.shape[1:]), images)
+    ex = select_exemplars(images, labels, features, class_bytes=3 * images[0].size, encoded=forms)
+    assert ex == select_exemplars(images, labels, features, per_class=3)  # given or derived: the same set
+    assert np.shares_memory(ex.encoded.pixels, ex.images) and ex.stored() == [image.tobytes() for image in ex.images]
+    smaller = ex.fit(2 * images[0].size)
+    assert smaller == ex.reduce(2) and np.shares_memory(smaller.encoded.pixels, smaller.images)
+    ex.save(tmp_path / "raw.npz")
+    with np.load(tmp_path / "raw.npz") as data:
+        assert sorted(data.files) == ["images", "labels", "ranks"]  # the file raw sets had before codecs
+    assert ExemplarSet.load(tmp_path / "raw.npz") == ex
+
+
 def test_codecs_do_not_mix_and_encoded_forms_must_match_the_codec() -> None:
     images, labels, features = _toy()
     codec = parse_codec("jpeg:75")

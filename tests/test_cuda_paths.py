@@ -19,6 +19,7 @@ from memo_edge.train import task as task_module
 from memo_edge.train.augment import CifarAugment, CifarParams, TestTransform, build_augment, normalize, pack_draws, \
     unpack_draws
 from memo_edge.train.device import select_device
+from memo_edge.train.plan import TaskPlan, Transforms
 from memo_edge.train.precision import batch_memory_format, exact_float32, numerics
 from memo_edge.train.recipe import build_optimizer, paper_recipe
 from memo_edge.train.transfer import to_device
@@ -117,10 +118,10 @@ def _learn(monkeypatch: pytest.MonkeyPatch | None = None, **kw) -> task_module.T
     data = ArraySource(rng.integers(0, 255, (24, 32, 32, 3), dtype=np.uint8), np.repeat(np.arange(2), 12) + 2)
     model = kw.pop("model")
     torch.manual_seed(0)
-    return task_module.learn_task(
-        model, data, kw.pop("exemplars"), num_new=2, recipe=paper_recipe(1, epochs=2, batch_size=8), train_base=False,
-        memory=MemoryPolicy("per_class", 2), device=CPU, generator=torch.Generator().manual_seed(0),
-        transforms=task_module.Transforms(build_augment("cifar", MEAN, STD, 32), TestTransform(MEAN, STD)), **kw)
+    exemplars, recipe = kw.pop("exemplars"), paper_recipe(1, epochs=2, batch_size=8)
+    plan = TaskPlan(Transforms.of("cifar", MEAN, STD, 32), (recipe, recipe), MemoryPolicy("per_class", 2),
+                    train_base=False, device=CPU, **kw)
+    return task_module.learn_task(model, plan, data, exemplars, num_new=2, generator=torch.Generator().manual_seed(0))
 
 
 def _second_task_model() -> tuple[MemoNet, ExemplarSet]:

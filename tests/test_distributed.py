@@ -29,12 +29,12 @@ from memo_edge.data.sources import ArraySource
 from memo_edge.memory.exemplars import ExemplarSet
 from memo_edge.memory.policy import MemoryPolicy
 from memo_edge.model import MemoNet
-from memo_edge.train.augment import TestTransform, build_augment
 from memo_edge.train.checkpoint import verified_states
 from memo_edge.train.distributed import current_world, distributed_session, shard_bounds, wrap_for_training
 from memo_edge.train.recipe import paper_recipe
 from memo_edge.train.syncbn import CpuSyncBatchNorm, to_plain_batchnorm, to_sync_batchnorm
-from memo_edge.train.task import Transforms, learn_task, train_step
+from memo_edge.train.plan import TaskPlan, Transforms
+from memo_edge.train.task import learn_task, train_step
 
 MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
 CPU = torch.device("cpu")
@@ -161,13 +161,11 @@ def _source(per_class: int = 80) -> ArraySource:
 
 def _first_task(net_class: type[MemoNet] = MemoNet, device: str = "cpu") -> dict[str, np.ndarray]:
     torch.manual_seed(1993)
-    result = learn_task(
-        net_class("resnet8"), _source(), ExemplarSet.empty((32, 32, 3)), num_new=2,
-        recipe=paper_recipe(0, epochs=3, schedule="cosine", batch_size=32), train_base=True,
-        memory=MemoryPolicy("per_class", 20),
-        transforms=Transforms(build_augment("cifar", MEAN, STD, 32), TestTransform(MEAN, STD)),
-        device=current_world().device_for(torch.device(device)), generator=torch.Generator().manual_seed(1993),
-    )
+    recipe = paper_recipe(0, epochs=3, schedule="cosine", batch_size=32)
+    plan = TaskPlan(Transforms.of("cifar", MEAN, STD, 32), (recipe, recipe), MemoryPolicy("per_class", 20),
+                    train_base=True, device=current_world().device_for(torch.device(device)))
+    result = learn_task(net_class("resnet8"), plan, _source(), ExemplarSet.empty((32, 32, 3)), num_new=2,
+                        generator=torch.Generator().manual_seed(1993))
     e = result.exemplars
     return {"losses": np.array(result.step_losses), "images": e.images, "labels": e.labels, "ranks": e.ranks,
             "means": result.class_means}

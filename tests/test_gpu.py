@@ -21,8 +21,9 @@ from memo_edge.memory.exemplars import ExemplarSet
 from memo_edge.memory.policy import MemoryPolicy
 from memo_edge.model import MemoNet
 from memo_edge.train import task as task_module
-from memo_edge.train.augment import TestTransform, build_augment
+from memo_edge.train.augment import build_augment
 from memo_edge.train.device import select_device
+from memo_edge.train.plan import TaskPlan, Transforms
 from memo_edge.train.precision import exact_float32, make_scaler
 from memo_edge.train.recipe import build_optimizer, paper_recipe
 
@@ -106,11 +107,11 @@ def _old_exemplars() -> ExemplarSet:
 
 def _learn(model: MemoNet, **kw) -> task_module.TaskResult:
     torch.manual_seed(0)
-    return task_module.learn_task(
-        model, kw.pop("data", _data()), _old_exemplars(), num_new=3, recipe=paper_recipe(1, epochs=2, batch_size=16),
-        train_base=kw.pop("train_base", False), memory=MemoryPolicy("per_class", 2), device=CUDA,
-        generator=torch.Generator().manual_seed(0),
-        transforms=task_module.Transforms(build_augment("cifar", MEAN, STD, 32), TestTransform(MEAN, STD)), **kw)
+    data, recipe = kw.pop("data", _data()), paper_recipe(1, epochs=2, batch_size=16)
+    plan = TaskPlan(Transforms.of("cifar", MEAN, STD, 32), (recipe, recipe), MemoryPolicy("per_class", 2),
+                    train_base=kw.pop("train_base", False), device=CUDA, **kw)
+    return task_module.learn_task(model, plan, data, _old_exemplars(), num_new=3,
+                                  generator=torch.Generator().manual_seed(0))
 
 
 def _first_task_model() -> MemoNet:

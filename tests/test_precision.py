@@ -152,19 +152,19 @@ def test_channels_last_training_leaves_contiguous_float32_weights(tmp_path: Path
     from memo_edge.data.sources import ArraySource
     from memo_edge.memory.exemplars import ExemplarSet
     from memo_edge.memory.policy import MemoryPolicy
-    from memo_edge.train.augment import TestTransform, build_augment
+    from memo_edge.train.plan import TaskPlan, Transforms
     from memo_edge.train.recipe import paper_recipe
-    from memo_edge.train.task import Transforms, learn_task
+    from memo_edge.train.task import learn_task
 
     rng = np.random.default_rng(0)
     labels = np.repeat(np.arange(2), 8)
     data = ArraySource(rng.integers(0, 255, (16, 32, 32, 3), dtype=np.uint8), labels)
     model = MemoNet("resnet8")
-    result = learn_task(model, data, ExemplarSet.empty((32, 32, 3)), num_new=2,
-                        recipe=paper_recipe(0, epochs=1, batch_size=8), train_base=True,
-                        memory=MemoryPolicy("per_class", 2), transforms=Transforms(
-                            build_augment("cifar", (0.5,) * 3, (0.25,) * 3, 32), TestTransform((0.5,) * 3, (0.25,) * 3)),
-                        device=CPU, generator=torch.Generator().manual_seed(0), precision="bf16", channels_last=True)
+    recipe = paper_recipe(0, epochs=1, batch_size=8)
+    plan = TaskPlan(Transforms.of("cifar", (0.5,) * 3, (0.25,) * 3, 32), (recipe, recipe), MemoryPolicy("per_class", 2),
+                    train_base=True, device=CPU, precision="bf16", channels_last=True)
+    result = learn_task(model, plan, data, ExemplarSet.empty((32, 32, 3)), num_new=2,
+                        generator=torch.Generator().manual_seed(0))
     assert np.isfinite(result.final_loss) and result.class_means.dtype == np.float64
     assert all(p.is_contiguous() and p.dtype == torch.float32 for p in model.parameters())
 
@@ -175,7 +175,7 @@ def test_device_resident_batches_equal_the_host_path(monkeypatch: pytest.MonkeyP
     from memo_edge.memory.policy import MemoryPolicy
     from memo_edge.data.sources import ArraySource
     from memo_edge.train import task as task_module
-    from memo_edge.train.augment import TestTransform, build_augment
+    from memo_edge.train.plan import TaskPlan, Transforms
     from memo_edge.train.recipe import paper_recipe
 
     rng = np.random.default_rng(1)
@@ -183,12 +183,11 @@ def test_device_resident_batches_equal_the_host_path(monkeypatch: pytest.MonkeyP
 
     def learn() -> tuple[float, ...]:
         torch.manual_seed(0)
-        result = task_module.learn_task(
-            MemoNet("resnet8"), data, ExemplarSet.empty((32, 32, 3)), num_new=2,
-            recipe=paper_recipe(0, epochs=2, batch_size=8), train_base=True, memory=MemoryPolicy("per_class", 2),
-            transforms=task_module.Transforms(build_augment("cifar", (0.5,) * 3, (0.25,) * 3, 32),
-                                              TestTransform((0.5,) * 3, (0.25,) * 3)),
-            device=CPU, generator=torch.Generator().manual_seed(0))
+        recipe = paper_recipe(0, epochs=2, batch_size=8)
+        plan = TaskPlan(Transforms.of("cifar", (0.5,) * 3, (0.25,) * 3, 32), (recipe, recipe),
+                        MemoryPolicy("per_class", 2), train_base=True, device=CPU)
+        result = task_module.learn_task(MemoNet("resnet8"), plan, data, ExemplarSet.empty((32, 32, 3)), num_new=2,
+                                        generator=torch.Generator().manual_seed(0))
         return result.step_losses
 
     host = learn()

@@ -13,11 +13,11 @@ from memo_edge.data.sources import ArraySource
 from memo_edge.memory.exemplars import ExemplarSet
 from memo_edge.memory.policy import MemoryPolicy
 from memo_edge.model import MemoNet
-from memo_edge.train.augment import TestTransform, build_augment
 from memo_edge.train.config import TrainConfig
+from memo_edge.train.plan import TaskPlan, Transforms
 from memo_edge.train.recipe import default_train_base, paper_recipe
 from memo_edge.train.run import train
-from memo_edge.train.task import Transforms, learn_task
+from memo_edge.train.task import learn_task
 
 MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
 
@@ -31,12 +31,10 @@ def _source(classes: range, per_class: int = 12, seed: int = 0) -> ArraySource:
 
 
 def _learn(model: MemoNet, data: ArraySource, exemplars: ExemplarSet, num_new: int, train_base: bool, task: int):
-    return learn_task(
-        model, data, exemplars, num_new=num_new, recipe=paper_recipe(task, epochs=1, batch_size=8),
-        train_base=train_base, memory=MemoryPolicy("per_class", 3),
-        transforms=Transforms(build_augment("cifar", MEAN, STD, 32), TestTransform(MEAN, STD)),
-        device=torch.device("cpu"), generator=torch.Generator().manual_seed(0),
-    )
+    recipe = paper_recipe(task, epochs=1, batch_size=8)
+    plan = TaskPlan(Transforms.of("cifar", MEAN, STD, 32), (recipe, recipe), MemoryPolicy("per_class", 3),
+                    train_base=train_base, device=torch.device("cpu"))
+    return learn_task(model, plan, data, exemplars, num_new=num_new, generator=torch.Generator().manual_seed(0))
 
 
 def _snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -141,3 +139,54 @@ def test_atomic_writes_get_ordinary_permissions(tmp_path: Path) -> None:
         (d / "g").write_bytes(b"y")
     assert stat.S_IMODE((tmp_path / "f").stat().st_mode) == 0o666 & ~umask
     assert stat.S_IMODE((tmp_path / "d").stat().st_mode) == 0o777 & ~umask
+
+
+# config.json as train/run.py writes it (digits, B0Inc4 on 4 classes, bf16 on a CPU run), key order included.
+HEADER = {
+    "title": "memo resnet8 on digits B0Inc2",
+    "config": {"out": "runs/x", "method": "memo", "dataset": "digits", "data_dir": None, "download": False,
+               "scenario": "B0Inc2", "class_order": None, "classes": 4, "shuffle": True, "seed": 1993,
+               "backbone": "resnet8", "split": None, "image_size": None, "epochs": 1, "init_epochs": 2,
+               "batch_size": 64, "schedule": "step", "train_base": None, "memory": "40", "memory_per_class": None,
+               "memory_bytes": None, "exemplar_codec": "raw", "codec_mix": 0.0, "device": "cpu",
+               "precision": "fp32", "stack_frozen": False},
+    "scenario": {"spec": "B0Inc2", "class_order": [0, 1, 2, 3], "task_sizes": [2, 2]},
+    "class_names": ["3", "7", "0", "5"],
+    "memory": {"kind": "total", "value": 40, "bytes_per_exemplar": 3072, "codec": "raw"},
+    "image_shape": [32, 32, 3],
+    "augment": "cifar",
+    "normalization": {"mean": [0.2, 0.2, 0.2], "std": [0.3, 0.3, 0.3]},
+    "train_base": True,
+    "device": "cpu",
+    "precision": "fp32",
+    "numerics": {"autocast": None, "tf32": False},
+    "distributed": {"world_size": 1, "backend": None, "nodes": 1},
+    "versions": {"memo_edge": "0.1.0", "torch": "2.5.1"},
+}
+
+
+def test_run_header_round_trips_the_json_on_disk(tmp_path: Path) -> None:
+    from memo_edge.train.rundir import RunHeader, read_run_header
+
+    (tmp_path / "config.json").write_text(json.dumps(HEADER))
+    header = read_run_header(tmp_path)
+    assert header.config.classes == 4 and header.scenario.task_sizes == (2, 2) and header.memory.policy.value == 40
+    assert json.dumps(header.to_json()) == json.dumps(HEADER)  # the same JSON, key order included
+    # A run from before precision, numerics, normalisation, ...: read, and written back as it was.
+    old = {k: v for k, v in HEADER.items() if k in ("title", "config", "scenario", "class_names", "memory",
+                                                    "train_base", "device", "versions")}
+    old["memory"] = {k: v for k, v in HEADER["memory"].items() if k != "codec"}
+    header = RunHeader.from_json(old)
+    assert header.image_shape is None and header.augment == "cifar" and header.memory.codec == "raw"
+    assert {k: v for k, v in header.to_json().items() if k != "augment"} == {**old, "memory": HEADER["memory"]}
+
+
+def test_a_config_key_this_version_does_not_know_is_refused(tmp_path: Path) -> None:
+    from memo_edge.errors import InputError
+    from memo_edge.train.rundir import read_run_header
+
+    (tmp_path / "config.json").write_text(json.dumps({**HEADER, "config": {**HEADER["config"], "warmup": 5}}))
+    with pytest.raises(InputError, match=r"config.json: unknown training option 'warmup'"):
+        read_run_header(tmp_path)
+    with pytest.raises(InputError, match="unknown training option 'warmup'"):
+        TrainConfig.from_json({"out": "x", "warmup": 5})

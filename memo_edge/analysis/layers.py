@@ -49,7 +49,7 @@ from memo_edge.model.backbones import StageInfo
 from memo_edge.train.augment import TestTransform
 from memo_edge.train.checkpoint import load_checkpoint, verified_states
 from memo_edge.train.device import select_device
-from memo_edge.train.rundir import read_run_header, run_test_split
+from memo_edge.train.rundir import RunHeader, read_run_header, run_test_split
 from memo_edge.utils.io import atomic_write_json
 from memo_edge.utils.paths import check_separate
 
@@ -102,11 +102,11 @@ def _compare(a: _Snapshot, b: _Snapshot, names: Sequence[str]) -> dict[str, dict
     return out
 
 
-def _sample_images(header: dict[str, Any], count: int) -> tuple[np.ndarray, int]:
+def _sample_images(header: RunHeader, count: int) -> tuple[np.ndarray, int]:
     """A fixed sample (numpy seed 0) of test images of task 0's classes; also how many there were."""
-    test = run_test_split(header, 0)
+    test = run_test_split(header.config, header.scenario, 0)
     if len(test) < 2:
-        raise InputError(f"the test split of {header['config']['dataset']} has {len(test)} image(s) of task 0's "
+        raise InputError(f"the test split of {header.config.dataset} has {len(test)} image(s) of task 0's "
                          "classes; CKA needs at least 2")
     pick = np.sort(np.random.default_rng(0).permutation(len(test))[: min(count, len(test))])
     return test.take(pick), len(test)
@@ -136,8 +136,7 @@ def analyze_layers(
     tasks = len(verified)
     if tasks < 2:
         raise InputError(f"{run_dir}: layer analysis needs at least 2 tasks, the run has {tasks} finished")
-    norm = header["normalization"]
-    transform = TestTransform(norm["mean"], norm["std"])
+    transform = TestTransform(header.mean, header.std)
     sample, available = _sample_images(header, images)
     log.info("layer analysis of %s: %d tasks, %d test images of task 0's classes", run_dir, tasks, len(sample))
 
@@ -180,18 +179,17 @@ def analyze_layers(
     assert first is not None and prev is not None
     first_last = _compare(first, prev, [s.name for s in layout])
 
-    cfg = header["config"]
     report: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
         "run": str(run_dir),
-        "title": header.get("title", ""),
+        "title": header.title,
         "backbone": states[0].get("backbone"),
         "split": states[0].get("split"),
         "tasks": tasks,
         "images": {
             "count": int(len(sample)),
             "available": int(available),
-            "from": f"test split of {cfg['dataset']}, the {header['scenario']['task_sizes'][0]} classes of task 0",
+            "from": f"test split of {header.config.dataset}, the {header.scenario.task_sizes[0]} classes of task 0",
             "seed": 0,
         },
         "max_features": max_features,

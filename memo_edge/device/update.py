@@ -26,17 +26,16 @@ from memo_edge.export.exporter import exemplar_tasks, model_blobs, model_manifes
 from memo_edge.export.quantize import calibration_images
 from memo_edge.export.verify import verify_package
 from memo_edge.memory.alignment import count_parameters
-from memo_edge.memory.codec import parse_codec
+from memo_edge.memory.codec import RAW, parse_codec
 from memo_edge.memory.policy import MemoryPolicy
 from memo_edge.model import MemoNet, create_backbone
 from memo_edge.runtime.manifest import Manifest, Role
 from memo_edge.runtime.package import PackageVersion
 from memo_edge.runtime.writer import PackageWriter
-from memo_edge.train.augment import TestTransform, build_augment
-from memo_edge.train.recipe import paper_recipe
+from memo_edge.train.config import TaskOptions
 from memo_edge.train.device import select_device
-from memo_edge.train.precision import resolve_precision
-from memo_edge.train.task import TaskResult, Transforms, learn_task
+from memo_edge.train.plan import Transforms, plan_tasks
+from memo_edge.train.task import TaskResult, learn_task
 
 __all__ = ["UpdateConfig", "Event", "update_package", "branch_bytes", "check_budget", "load_new_classes"]
 
@@ -148,7 +147,7 @@ def update_package(config: UpdateConfig, on_event: Event | None = None) -> Packa
 def _codec_report(result: TaskResult) -> dict:
     """What a codec cost this update (nothing is added for raw exemplars)."""
     codec = result.exemplars.codec
-    return {} if codec.is_raw else {"codec": codec.spec, "codec_seconds": result.codec_seconds}
+    return {} if codec == RAW else {"codec": codec.spec, "codec_seconds": result.codec_seconds}
 
 
 def _update(config: UpdateConfig, writer: PackageWriter, on_event: Event) -> None:
@@ -158,13 +157,15 @@ def _update(config: UpdateConfig, writer: PackageWriter, on_event: Event) -> Non
     m = version.manifest
     new_data, new_names = load_new_classes(config.data, m)
     check_budget(m, len(new_names))
-    if config.codec_mix and not parse_codec(m.budget.codec).lossy:
-        raise InputError(f"--codec-mix shows new images through a lossy exemplar codec; this package stores its "
-                         f"exemplars as {m.budget.codec}, which gives them back unchanged")
-    if config.int8 and m.file("full") is None:
+    if config.int8 and m.file(Role.FULL) is None:
         raise InputError(f"{config.package}: --int8 quantizes the full graph, which this package does not have")
-    device = select_device(config.device)
-    precision = resolve_precision(config.precision, device)  # fp16 on a CPU is refused here, before any work
+    augment = m.model.augment
+    # Checked here, before any work (fp16 on a CPU, --codec-mix under a lossless codec, ...).
+    plan = plan_tasks(TaskOptions(epochs=config.epochs, batch_size=config.batch_size, schedule=config.schedule,
+                                  precision=config.precision, codec_mix=config.codec_mix),
+                      Transforms.of(augment, m.input.mean, m.input.std, m.input.height),
+                      memory=MemoryPolicy("bytes", m.budget.total_bytes), train_base=config.train_base,
+                      device=select_device(config.device), codec=parse_codec(m.budget.codec))
     on_event({"event": "checked", "version": m.version, "classes": list(new_names), "images": len(new_data),
               "epochs": config.epochs})
     torch.manual_seed(config.seed)
@@ -172,15 +173,9 @@ def _update(config: UpdateConfig, writer: PackageWriter, on_event: Event) -> Non
     model = _load_model(version)
     exemplars, _ = version.exemplars()
     known = len(m.class_names)
-    augment = m.model.augment
-    transforms = Transforms(build_augment(augment, m.input.mean, m.input.std, m.input.height),
-                            TestTransform(m.input.mean, m.input.std))
-    recipe = paper_recipe(1, epochs=config.epochs, schedule=config.schedule, batch_size=config.batch_size)  # type: ignore[arg-type]
     result = learn_task(
-        model, new_data.with_labels(new_data.labels + known), exemplars, num_new=len(new_names), recipe=recipe,
-        train_base=config.train_base, memory=MemoryPolicy("bytes", m.budget.total_bytes), transforms=transforms,
-        device=device, generator=generator, desc=f"task {model.num_tasks}", precision=precision,
-        codec_mix=config.codec_mix,
+        model, plan, new_data.with_labels(new_data.labels + known), exemplars, num_new=len(new_names),
+        generator=generator, desc=f"task {model.num_tasks}",
         on_epoch=lambda epoch, epochs, loss: on_event({"event": "epoch", "epoch": epoch, "epochs": epochs,
                                                        "loss": round(loss, 6)}),
     )
@@ -190,7 +185,7 @@ def _update(config: UpdateConfig, writer: PackageWriter, on_event: Event) -> Non
                               class_names=(*m.class_names, *new_names), augment=augment,
                               total_budget_bytes=m.budget.total_bytes,
                               source={**m.source, "update": {"data": config.data, "epochs": config.epochs,
-                                                             "train_base": config.train_base, "precision": precision,
+                                                             "train_base": config.train_base, "precision": plan.precision,
                                                              **_codec_report(result)}})
     new_task = model.num_branches - 1
     # An int8 full graph is re-made from the new float graph, calibrated on the new exemplars.

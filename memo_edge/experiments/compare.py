@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
@@ -31,6 +30,7 @@ from memo_edge.memory.codec import parse_codec
 from memo_edge.model import split_parameter_counts
 from memo_edge.train.config import TrainConfig, default_scenario
 from memo_edge.train.run import train
+from memo_edge.train.rundir import holds_run_of
 from memo_edge.utils.io import atomic_open, atomic_write_bytes, atomic_write_json
 from memo_edge.utils.paths import check_separate
 
@@ -132,18 +132,11 @@ def compare(base: TrainConfig, methods: Sequence[str], budget: str, out: Path, *
                              codec_mix=base.codec_mix if parse_codec(codec).lossy else 0.0)  # raw, png: nothing to mix
             log.info("%s: %d raw exemplars' bytes (%s B) as %s, model %s B", name, count, f"{count * img:,}", codec,
                      f"{_model_bytes(name, base.backbone, num_tasks, base.split):,}")
-            results = train(config, resume=_same_run_there(config) and not force, force=force, on_task=on_task)
+            resume = holds_run_of(Path(config.out), config) and not force
+            results = train(config, resume=resume, force=force, on_task=on_task)
             rows.append(_row(name, base.backbone, total, count, results, codec))
     write_table(rows, out)
     return rows
-
-
-def _same_run_there(config: TrainConfig) -> bool:
-    path = Path(config.out) / "config.json"
-    try:
-        return TrainConfig.from_json(json.loads(path.read_text())["config"]).same_run_as(config)
-    except (OSError, ValueError, KeyError, TypeError):
-        return False
 
 
 def _budget_of(base: TrainConfig, budget: str) -> tuple[int, int, int, int]:

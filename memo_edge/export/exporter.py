@@ -20,7 +20,6 @@ import torch
 from safetensors.numpy import save as save_numpy
 from safetensors.torch import save as save_torch
 
-from memo_edge.data.scenario import Scenario
 from memo_edge.data.sources import eval_resize
 from memo_edge.errors import InputError
 from memo_edge.export import graphs
@@ -28,7 +27,6 @@ from memo_edge.export.quantize import calibration_images, quantize_full
 from memo_edge.export.verify import verify_package
 from memo_edge.memory.alignment import exemplar_bytes
 from memo_edge.memory.exemplars import ExemplarSet
-from memo_edge.memory.policy import MemoryPolicy
 from memo_edge.model import MemoNet
 from memo_edge.runtime.catalog import CATALOG
 from memo_edge.runtime.engine_build import build_engines
@@ -41,7 +39,7 @@ from memo_edge.runtime.package import PackageVersion
 from memo_edge.runtime.writer import Blob, PackageWriter
 from memo_edge.train.checkpoint import load_checkpoint, verified_states
 from memo_edge.train.results import producer_versions
-from memo_edge.train.rundir import read_run_header, run_test_split
+from memo_edge.train.rundir import RunHeader, read_run_header, run_test_split
 from memo_edge.utils.paths import check_separate
 
 __all__ = ["ExportConfig", "export_run", "model_blobs", "weight_blobs", "model_manifest", "package_model", "exemplar_tasks"]
@@ -81,16 +79,16 @@ def _export(config: ExportConfig, env: TrtEnvironment | None) -> tuple[PackageVe
     task = _pick_task(config.run_dir, config.task, len(states))
     ckpt = load_checkpoint(config.run_dir, task, state=states[task])
     model, exemplars = ckpt.model.eval(), ckpt.exemplars
-    scenario = Scenario.from_json(header["scenario"])
+    scenario = header.scenario
     spec = _input_spec(header)
     images, image_source = _verification_images(header, task, exemplars, config.verify_images)
     total = _total_budget(header, model, exemplars, spec, config.total_budget_bytes, task)
     version = package_model(
-        config.out, model, exemplars, spec=spec, class_names=header["class_names"][: model.num_classes],
-        augment=header.get("augment", "cifar"), total_budget_bytes=total, verify_images=images, full=config.full,
+        config.out, model, exemplars, spec=spec, class_names=header.class_names[: model.num_classes],
+        augment=header.augment, total_budget_bytes=total, verify_images=images, full=config.full,
         int8=config.int8,
         source={"run": str(config.run_dir.resolve()), "task": task, "scenario": scenario.spec,
-                "train_base": header.get("train_base"), "verification_images": image_source},
+                "train_base": header.train_base, "verification_images": image_source},
     )
     engines = build_engines(config.out, engine_graphs(version), config.trt, env=env) if config.trt and env else []
     return version, engines
@@ -210,34 +208,34 @@ def _pick_task(run_dir: Path, task: int | None, done: int) -> int:
     return task
 
 
-def _input_spec(header: dict[str, Any]) -> InputSpec:
-    h, w, c = header["image_shape"]
-    return InputSpec(h, w, c, tuple(header["normalization"]["mean"]), tuple(header["normalization"]["std"]),
-                     resize_to=eval_resize(h, header.get("augment", "cifar")))
+def _input_spec(header: RunHeader) -> InputSpec:
+    if header.image_shape is None or header.mean is None or header.std is None:
+        raise InputError("the run's config.json does not record its image shape and normalisation (a run from "
+                         "before export existed): train it again to export it")
+    h, w, c = header.image_shape
+    return InputSpec(h, w, c, header.mean, header.std, resize_to=eval_resize(h, header.augment))
 
 
-def _verification_images(header: dict[str, Any], task: int, exemplars: ExemplarSet, count: int) -> tuple[np.ndarray, str]:
+def _verification_images(header: RunHeader, task: int, exemplars: ExemplarSet, count: int) -> tuple[np.ndarray, str]:
     """Held-out test images of the seen classes, spread over classes; exemplars if the data is gone."""
     try:
-        test = run_test_split(header, task)
+        test = run_test_split(header.config, header.scenario, task)
     except InputError as exc:
         log.warning("verification uses exemplars: the run's test data cannot be loaded (%s)", exc)
         return exemplars.images[:count], "exemplars"
     pick = np.sort(np.random.default_rng(0).permutation(len(test))[: min(count, len(test))])
-    return test.take(pick), f"test split of {header['config']['dataset']}"
+    return test.take(pick), f"test split of {header.config.dataset}"
 
 
-def _total_budget(header: dict[str, Any], model: MemoNet, exemplars: ExemplarSet, spec: InputSpec,
+def _total_budget(header: RunHeader, model: MemoNet, exemplars: ExemplarSet, spec: InputSpec,
                   requested: int | None, task: int) -> int:
     """The device budget: as requested, else the model plus the exemplar memory the run allowed."""
     model_bytes, per_exemplar = model.model_bytes(), exemplar_bytes(spec.shape)
     if requested is None:
-        policy = MemoryPolicy.from_json(header["memory"])
+        policy = header.memory.policy
         seen = model.num_classes
-        if exemplars.codec.is_raw:  # whole raw exemplars, as before codecs existed
-            share = policy.per_class(seen, model_bytes=model_bytes, bytes_per_exemplar=per_exemplar) * per_exemplar
-        else:
-            share = policy.class_bytes(seen, model_bytes=model_bytes, bytes_per_exemplar=per_exemplar)
+        whole = exemplars.codec.fixed_size(per_exemplar) or 1  # raw: whole exemplars, as before codecs existed
+        share = policy.class_bytes(seen, model_bytes=model_bytes, bytes_per_exemplar=per_exemplar) // whole * whole
         requested = model_bytes + share * seen
     if requested < model_bytes + exemplars.nbytes:
         raise InputError(f"total budget {requested:,} B is below what task-{task:02d} already holds: model "

@@ -1,8 +1,10 @@
 """Exemplar codecs: the form an exemplar is stored in, and so what it costs in the byte budget.
 
 ``raw`` (the default, the paper's 3,072 B per CIFAR image), ``png`` (lossless), ``jpeg:Q`` and
-``webp:Q`` (lossy, quality 1-100), all with Pillow's encoders. A lossy exemplar is used as it decodes,
-so herding, training and NME see what the memory really holds.
+``webp:Q`` (lossy, quality 1-100), the last three with Pillow's encoders. A lossy exemplar is used as
+it decodes, so herding, training and NME see what the memory really holds. ``raw`` is a codec like the
+others whose round trip is the identity: its stored form is the image's own bytes (``StoredForms``
+views them without a copy), all of one fixed size (``fixed_size``), so callers take one path.
 
 ``jpeg:Q`` stores *abbreviated* JPEG streams: the quantization and Huffman tables (574 B, the same for
 every image at a given quality) are left out of each exemplar and rebuilt from the codec spec when it
@@ -17,12 +19,12 @@ import functools
 import hashlib
 import io
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["Codec", "CodecError", "RAW", "parse_codec", "CODEC_HELP"]
+__all__ = ["Codec", "CodecError", "RAW", "StoredForms", "parse_codec", "CODEC_HELP"]
 
 CODEC_HELP = "raw, png, jpeg:Q or webp:Q (quality 1-100)"
 _SPEC = re.compile(r"^(raw|png|jpeg|webp)(?::(\d{1,3}))?$")
@@ -46,9 +48,10 @@ class Codec:
     def spec(self) -> str:
         return self.name if self.quality is None else f"{self.name}:{self.quality}"
 
-    @property
-    def is_raw(self) -> bool:
-        return self.name == "raw"
+    def fixed_size(self, raw_bytes: int) -> int | None:
+        """The bytes every exemplar is stored in when that is fixed, for images of ``raw_bytes`` (H x W x C):
+        raw's own; None for an encoded size, which is known once an image is encoded."""
+        return raw_bytes if self.name == "raw" else None
 
     @property
     def lossy(self) -> bool:
@@ -64,7 +67,7 @@ class Codec:
 
     def encode(self, image: np.ndarray) -> bytes:
         """One uint8 [H, W, C] image in this codec's stored form."""
-        if self.is_raw:
+        if self.name == "raw":
             return np.ascontiguousarray(image).tobytes()
         from PIL import Image
 
@@ -82,7 +85,7 @@ class Codec:
     def decode(self, data: bytes, shape: tuple[int, int, int]) -> np.ndarray:
         """A stored exemplar back as a uint8 [H, W, C] image; CodecError if it is not one of ``shape``."""
         h, w, c = shape
-        if self.is_raw:
+        if self.name == "raw":
             if len(data) != h * w * c:
                 raise CodecError(f"{len(data)} bytes, expected {h * w * c} for a raw {h}x{w}x{c} image")
             return np.frombuffer(data, np.uint8).reshape(shape).copy()
@@ -101,14 +104,20 @@ class Codec:
             raise CodecError(f"decodes to {array.shape}, expected {(h, w, c)}")
         return array
 
-    def encode_many(self, images: np.ndarray) -> list[bytes]:
-        return [self.encode(image) for image in images]
+    def encode_many(self, images: np.ndarray) -> StoredForms:
+        """The stored forms of uint8 [N, H, W, C] ``images`` (raw: a view of their bytes, no copy)."""
+        if self.name == "raw":
+            return StoredForms.of_pixels(np.asarray(images))
+        return StoredForms([self.encode(image) for image in images])
 
     def decode_many(self, blobs: Sequence[bytes], shape: tuple[int, int, int]) -> np.ndarray:
         """uint8 [N, H, W, C]; a CodecError carries the ``index`` of the first blob that does not decode."""
-        joined = b"".join(blobs) if self.is_raw else b""
-        if self.is_raw and len(joined) == len(blobs) * int(np.prod(shape)):  # one copy instead of one per image
-            return np.frombuffer(joined, np.uint8).reshape(len(blobs), *shape).copy()
+        if self.name == "raw":
+            if isinstance(blobs, StoredForms) and blobs.pixels is not None:  # a view: already the images
+                return blobs.pixels
+            joined = b"".join(blobs)
+            if len(joined) == len(blobs) * int(np.prod(shape)):  # one copy instead of one per image
+                return np.frombuffer(joined, np.uint8).reshape(len(blobs), *shape).copy()
         out = np.empty((len(blobs), *shape), np.uint8)
         for i, blob in enumerate(blobs):
             try:
@@ -118,10 +127,89 @@ class Codec:
                 raise
         return out
 
-    def round_trip(self, images: np.ndarray) -> tuple[np.ndarray, list[bytes]]:
+    def round_trip(self, images: np.ndarray) -> tuple[np.ndarray, StoredForms]:
         """(the images as this codec gives them back, their stored form); lossless ones come back as given."""
-        blobs = self.encode_many(images)
-        return (self.decode_many(blobs, images.shape[1:]) if self.lossy else np.asarray(images)), blobs
+        forms = self.encode_many(images)
+        return (self.decode_many(forms, images.shape[1:]) if self.lossy else np.asarray(images)), forms
+
+    def stored_forms(self, images: np.ndarray, given: Sequence[bytes] | None = None) -> StoredForms:
+        """What a set of ``images`` keeps as its stored forms: ``given`` (checked against the images), or,
+        for a lossless codec, the images encoded here. Raw keeps a view of the images themselves."""
+        shape = tuple(images.shape[1:])
+        if given is not None:
+            forms = given if isinstance(given, StoredForms) else StoredForms(given)
+            if len(forms) != len(images):
+                raise ValueError(f"encoded must hold one bytes object per image ({len(images)})")
+            size, sizes = self.fixed_size(int(np.prod(shape))), forms.sizes()
+            if size is not None and np.any(sizes != size):
+                raise ValueError(f"a stored form of {int(sizes[np.argmax(sizes != size)])} B is not a {self} exemplar "
+                                 f"of shape {shape} ({size} B): encoded forms need the codec they were encoded with")
+            if size is None:  # encoded forms are kept; fixed-size ones are the images' own bytes, viewed below
+                return forms
+        elif self.lossy:
+            raise ValueError(f"exemplars under {self} need their encoded forms: the images are what those decode to")
+        return self.encode_many(images)
+
+
+class StoredForms(Sequence[bytes]):
+    """Exemplars as a codec stores them, one bytes object each, and their sizes (what the budget counts).
+
+    Backed by the encoded bytes, or under raw by the images themselves (``pixels``: each form is that
+    image's bytes, made on access), so raw exemplars are not held twice.
+    """
+
+    __slots__ = ("_blobs", "pixels")
+
+    def __init__(self, blobs: Sequence[bytes] = ()) -> None:
+        self._blobs = tuple(blobs)
+        if not all(isinstance(b, bytes) for b in self._blobs):
+            raise ValueError("stored forms must be bytes objects")
+        self.pixels: np.ndarray | None = None
+
+    @classmethod
+    def of_pixels(cls, images: np.ndarray) -> StoredForms:
+        forms = cls()
+        forms.pixels = np.ascontiguousarray(images)
+        return forms
+
+    def __len__(self) -> int:
+        return len(self.pixels) if self.pixels is not None else len(self._blobs)
+
+    def __getitem__(self, index):  # type: ignore[override]
+        if isinstance(index, slice):
+            return self.take(np.arange(len(self))[index])
+        return self.pixels[index].tobytes() if self.pixels is not None else self._blobs[index]
+
+    def __iter__(self) -> Iterator[bytes]:
+        return (self[i] for i in range(len(self)))
+
+    def sizes(self) -> np.ndarray:
+        """int64 [N]: each form's bytes."""
+        if self.pixels is not None:
+            return np.full(len(self.pixels), int(np.prod(self.pixels.shape[1:])), np.int64)
+        return np.fromiter((len(b) for b in self._blobs), np.int64, len(self._blobs))
+
+    def take(self, indices: np.ndarray, images: np.ndarray | None = None) -> StoredForms:
+        """The forms at ``indices``; ``images``: those rows' images, already taken (a raw view shares them)."""
+        if self.pixels is not None:
+            return StoredForms.of_pixels(self.pixels[indices] if images is None else images)
+        return StoredForms([self._blobs[i] for i in np.asarray(indices, np.int64).tolist()])
+
+    def concat(self, other: StoredForms, images: np.ndarray | None = None) -> StoredForms:
+        """Both, in order; ``images``: the joined images (a raw view shares them)."""
+        if self.pixels is not None and other.pixels is not None:
+            return StoredForms.of_pixels(np.concatenate([self.pixels, other.pixels]) if images is None else images)
+        return StoredForms([*self, *other])
+
+    def joined(self) -> bytes:
+        return self.pixels.tobytes() if self.pixels is not None else b"".join(self._blobs)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, StoredForms):
+            return NotImplemented
+        return np.array_equal(self.sizes(), other.sizes()) and self.joined() == other.joined()
+
+    __hash__ = None  # type: ignore[assignment]
 
 
 RAW = Codec("raw")

@@ -4,21 +4,23 @@ The rank is what makes the quota rule cheap: a class shrunk to m exemplars keeps
 herding prefix), so no features have to be recomputed when a new branch shrinks the quota.
 Invariant checked on construction: within every class the ranks are exactly 0..count-1.
 
-Under a codec other than raw (``memory/codec.py``) the set also holds each exemplar's stored form:
-``images`` are what it decodes to (what the model sees), ``encoded`` what is kept and counted.
+The set also holds each exemplar's stored form under its codec (``memory/codec.py``): ``images`` are
+what it decodes to (what the model sees), ``encoded`` what is kept and counted. Under raw the two are
+the same bytes, held once.
 """
 
 from __future__ import annotations
 
 import zipfile
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from memo_edge.errors import InputError
-from memo_edge.memory.codec import RAW, Codec, CodecError, parse_codec
+from memo_edge.memory.codec import RAW, Codec, CodecError, StoredForms, parse_codec
 from memo_edge.memory.herding import herding_order
 from memo_edge.utils.checks import check_int
 from memo_edge.utils.io import atomic_open
@@ -52,19 +54,15 @@ class ExemplarSet:
     images: np.ndarray  # uint8 [N, H, W, C]
     labels: np.ndarray  # int64 [N]
     ranks: np.ndarray  # int64 [N], herding rank within its class (0 = picked first)
-    encoded: tuple[bytes, ...] | None = None  # each image's stored form; None under raw (its own bytes)
+    encoded: StoredForms | Sequence[bytes] | None = None  # StoredForms once built (None: the codec encodes)
     codec: Codec = RAW
 
     def __post_init__(self) -> None:
         images, labels, ranks = self.images, self.labels, self.ranks
-        if self.codec.is_raw != (self.encoded is None):
-            raise ValueError("encoded forms go with a codec other than raw, and only with one")
-        if self.encoded is not None:
-            if len(self.encoded) != len(images) or not all(isinstance(b, bytes) for b in self.encoded):
-                raise ValueError(f"encoded must hold one bytes object per image ({len(images)})")
         if not isinstance(images, np.ndarray) or images.dtype != np.uint8 or images.ndim != 4:
             raise ValueError(f"images must be a uint8 array [N, H, W, C], got {_describe(images)}")
         _check_image_shape(images.shape[1:])
+        object.__setattr__(self, "encoded", self.codec.stored_forms(images, self.encoded))
         for name, arr in (("labels", labels), ("ranks", ranks)):
             if not isinstance(arr, np.ndarray) or arr.dtype != np.int64 or arr.ndim != 1:
                 raise ValueError(f"{name} must be an int64 array [N], got {_describe(arr)}")
@@ -91,7 +89,7 @@ class ExemplarSet:
             images=np.zeros((0, *shape), dtype=np.uint8),
             labels=np.zeros(0, dtype=np.int64),
             ranks=np.zeros(0, dtype=np.int64),
-            encoded=None if codec.is_raw else (),
+            encoded=(),
             codec=codec,
         )
 
@@ -105,7 +103,7 @@ class ExemplarSet:
         except CodecError as exc:
             i = exc.index
             raise ExemplarDecodeError(int(labels[i]), int(ranks[i]), str(exc)) from None
-        return cls(images, labels, ranks, None if codec.is_raw else tuple(blobs), codec)
+        return cls(images, labels, ranks, blobs, codec)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -134,19 +132,16 @@ class ExemplarSet:
     @property
     def sizes(self) -> np.ndarray:
         """int64 [N]: each exemplar's stored bytes."""
-        if self.encoded is None:
-            return np.full(len(self), int(np.prod(self.image_shape)), np.int64)
-        return np.fromiter((len(b) for b in self.encoded), np.int64, len(self.encoded))
+        return self.encoded.sizes()
 
     def stored(self) -> list[bytes]:
-        """Each exemplar as it is stored: raw pixels, or its encoded form."""
-        if self.encoded is None:
-            return [image.tobytes() for image in self.images]
+        """Each exemplar as it is stored (under raw: its pixels)."""
         return list(self.encoded)
 
     def _select(self, keep: np.ndarray) -> ExemplarSet:
-        encoded = None if self.encoded is None else tuple(self.encoded[i] for i in np.flatnonzero(keep))
-        return ExemplarSet(self.images[keep], self.labels[keep], self.ranks[keep], encoded, self.codec)
+        images = self.images[keep]
+        return ExemplarSet(images, self.labels[keep], self.ranks[keep],
+                           self.encoded.take(np.flatnonzero(keep), images), self.codec)
 
     def classes(self) -> np.ndarray:
         return np.unique(self.labels)
@@ -177,26 +172,28 @@ class ExemplarSet:
         shared = np.intersect1d(self.labels, other.labels)
         if len(shared):
             raise ValueError(f"classes already in the exemplar set: {shared.tolist()}")
+        images = np.concatenate([self.images, other.images])
         return ExemplarSet(
-            images=np.concatenate([self.images, other.images]),
+            images=images,
             labels=np.concatenate([self.labels, other.labels]),
             ranks=np.concatenate([self.ranks, other.ranks]),
-            encoded=None if self.encoded is None else self.encoded + tuple(other.encoded or ()),
+            encoded=self.encoded.concat(other.encoded, images),
             codec=self.codec,
         )
 
     def save(self, path: Path) -> None:
         """Write an uncompressed .npz atomically to exactly ``path``.
 
-        Raw: (images, labels, ranks). Under a codec: the stored forms joined into ``blobs`` with their
-        ``offsets``, the codec's spec, the image shape and the codec's header fingerprint; no pixels.
+        Raw: (images, labels, ranks), the file exemplar sets had before codecs. Under a codec: the stored
+        forms joined into ``blobs`` with their ``offsets``, the codec's spec, the image shape and the
+        codec's header fingerprint; no pixels.
         """
         with atomic_open(path, "wb") as f:
-            if self.encoded is None:
+            if self.codec == RAW:  # its stored forms are the images: the pre-codec file, byte for byte
                 np.savez(f, images=self.images, labels=self.labels, ranks=self.ranks)
                 return
             offsets = np.concatenate([[0], np.cumsum(self.sizes)]).astype(np.int64)
-            np.savez(f, blobs=np.frombuffer(b"".join(self.encoded), np.uint8), offsets=offsets, labels=self.labels,
+            np.savez(f, blobs=np.frombuffer(self.encoded.joined(), np.uint8), offsets=offsets, labels=self.labels,
                      ranks=self.ranks, codec=np.array(self.codec.spec),
                      image_shape=np.array(self.image_shape, np.int64),
                      codec_header=np.array(self.codec.header_sha256(self.image_shape[2])))
@@ -248,13 +245,14 @@ def _from_npz(arrays: dict[str, np.ndarray]) -> ExemplarSet:
 
 def select_exemplars(
     images: np.ndarray, labels: np.ndarray, features: np.ndarray, per_class: int | None = None, *,
-    class_bytes: int | None = None, encoded: list[bytes] | None = None, codec: Codec = RAW,
+    class_bytes: int | None = None, encoded: Sequence[bytes] | None = None, codec: Codec = RAW,
 ) -> ExemplarSet:
     """Herding per class: every class in ``labels`` keeps a herding prefix, ranks 0..m-1.
 
     The prefix is as long as ``per_class`` exemplars and as ``class_bytes`` stored bytes allow
     (whichever binds; at least one must be given). ``encoded``: each image's stored form under
-    ``codec`` (then ``images`` are their decoded forms, which ``features`` were computed on).
+    ``codec`` (then ``images`` are their decoded forms, which ``features`` were computed on); None
+    for a lossless codec (raw: the images' own bytes).
     Classes come out in ascending label order, each in herding order over its own ``features`` rows.
     """
     if per_class is None and class_bytes is None:
@@ -269,15 +267,13 @@ def select_exemplars(
         raise ValueError(f"labels must be a 1-D integer array, got {_describe(labels)}")
     if features.ndim != 2:
         raise ValueError(f"features must be 2-D [N, D], got shape {features.shape}")
-    if not len(images) == len(labels) == len(features) == (len(images) if encoded is None else len(encoded)):
+    if not len(images) == len(labels) == len(features):
         raise ValueError(
             f"images, labels and features disagree in length: "
             f"{len(images)}, {len(labels)}, {len(features)}"
         )
-    if codec.is_raw != (encoded is None):
-        raise ValueError("encoded forms go with a codec other than raw, and only with one")
-    raw_size = int(np.prod(images.shape[1:]))
-    sizes = np.full(len(images), raw_size, np.int64) if encoded is None else np.array([len(b) for b in encoded], np.int64)
+    forms = codec.stored_forms(images, encoded)
+    sizes = forms.sizes()
     picked: list[np.ndarray] = []
     ranks: list[np.ndarray] = []
     for c in np.unique(labels):
@@ -293,11 +289,12 @@ def select_exemplars(
     if not picked:
         return ExemplarSet.empty(images.shape[1:], codec)
     index = np.concatenate(picked)
+    chosen = images[index]
     return ExemplarSet(
-        images=images[index],
+        images=chosen,
         labels=labels[index].astype(np.int64, copy=False),
         ranks=np.concatenate(ranks),
-        encoded=None if encoded is None else tuple(encoded[i] for i in index),
+        encoded=forms.take(index, chosen),
         codec=codec,
     )
 

@@ -49,7 +49,7 @@ class BudgetRequest:
 def codec_mean_bytes(req: BudgetRequest, codec: Codec) -> dict[str, Any] | None:
     """The codec's mean encoded size per exemplar, and where the figure comes from; None for raw."""
     raw = req.image_size * req.image_size * req.channels
-    if codec.is_raw:
+    if codec.fixed_size(raw) is not None:  # nothing to measure
         if req.codec_data or req.codec_bytes:
             raise ValueError("--codec-data and --codec-bytes size an --exemplar-codec other than raw")
         return None

@@ -284,8 +284,9 @@ def manifest_problem(m: Manifest) -> str | None:
     if b.codec_header != codec.header_sha256(inp.channels):
         return (f"budget.codec_header: this Pillow builds other {codec} tables than those the exemplars were "
                 f"written with ({b.codec_header[:16]!r})")
-    if codec.is_raw and b.exemplar_bytes != b.exemplars * b.bytes_per_exemplar:
-        return f"budget.exemplar_bytes: {b.exemplar_bytes} for {b.exemplars} exemplars of {b.bytes_per_exemplar} B"
+    fixed = codec.fixed_size(b.bytes_per_exemplar)
+    if fixed is not None and b.exemplar_bytes != b.exemplars * fixed:
+        return f"budget.exemplar_bytes: {b.exemplar_bytes} for {b.exemplars} exemplars of {fixed} B"
     if b.model_bytes + b.exemplar_bytes > b.total_bytes:
         return f"budget: model {b.model_bytes} B + exemplars {b.exemplar_bytes} B exceed the total {b.total_bytes} B"
     for entry in m.files:

@@ -3,9 +3,26 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
+from os import PathLike
 from typing import Any
 
-__all__ = ["TrainConfig", "default_scenario"]
+from memo_edge.errors import InputError
+
+__all__ = ["TaskOptions", "TrainConfig", "default_scenario"]
+
+
+@dataclass(frozen=True)
+class TaskOptions:
+    """The task settings as the user gave them (train's or update's options); ``train/plan.py`` checks and
+    resolves them into a ``TaskPlan``."""
+
+    init_epochs: int | None = None  # the first task; None: the paper's 200
+    epochs: int | None = None  # every later task; None: the paper's 170
+    batch_size: int = 128
+    schedule: str = "step"
+    precision: str = "fp32"  # fp32, bf16, fp16 (CUDA) or auto
+    codec_mix: float = 0.0
+    stack_frozen: bool = False
 
 
 @dataclass(frozen=True)
@@ -43,12 +60,21 @@ class TrainConfig:
         return data
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> TrainConfig:
+    def from_json(cls, data: dict[str, Any], *, source: str | PathLike[str] = "config") -> TrainConfig:
+        """A config from its JSON; a key this version does not know is refused, not dropped (``source``:
+        the file it came from, for the message)."""
         known = {f.name for f in fields(cls)}
-        values = {k: v for k, v in data.items() if k in known}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise InputError(f"{source}: unknown training option {unknown[0]!r} in its config (written by a newer "
+                             "memo-edge?)")
+        values = dict(data)
         if values.get("class_order") is not None:
             values["class_order"] = tuple(values["class_order"])
         return cls(**values)
+
+    def task_options(self) -> TaskOptions:
+        return TaskOptions(**{f.name: getattr(self, f.name) for f in fields(TaskOptions)})
 
     def same_run_as(self, other: TrainConfig) -> bool:
         """Whether two configs describe the same experiment (where it runs does not matter)."""

@@ -86,7 +86,7 @@ def _launch_local(config: TrainConfig, nproc: int, *, resume: bool, force: bool,
         with _launcher_logs(verbose):
             outputs = elastic_launch(launch, _worker)(config, resume, force, on_task, timeout_s, threads, verbose)
     except ChildFailedError as exc:
-        raise MemoEdgeError(_failure_line(exc, config.out)) from None
+        raise _failure(exc, config.out) from None
     except SignalException:  # Ctrl-C or a kill of this launcher: the launcher has stopped the workers
         raise KeyboardInterrupt from None
     return outputs[0] or {}
@@ -116,6 +116,17 @@ def _launcher_logs(verbose: bool) -> Iterator[None]:
     finally:
         for lg, level in zip(loggers, levels):
             lg.setLevel(level)
+
+
+def _failure(exc: Any, out: str) -> MemoEdgeError:
+    """A ChildFailedError as one error: a user mistake a process found (the data is checked where it is
+    loaded, in every process) is that InputError; anything else is a failure line."""
+    for _, failure in sorted(exc.failures.items()):
+        message = failure.message
+        kind, _, text = str(message.get("message", "")).partition(": ") if isinstance(message, dict) else ("", "", "")
+        if kind == InputError.__name__:
+            return InputError(text)
+    return MemoEdgeError(_failure_line(exc, out))
 
 
 def _failure_line(exc: Any, out: str) -> str:

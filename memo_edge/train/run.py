@@ -8,7 +8,6 @@ results files, so a crash loses at most the task in progress.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import shutil
 import time
@@ -27,8 +26,7 @@ from memo_edge.memory.codec import RAW, Codec, parse_codec
 from memo_edge.memory.exemplars import ExemplarSet
 from memo_edge.memory.policy import MemoryPolicy
 from memo_edge.model import MemoNet, backbone_names, split_parameter_counts
-from memo_edge.model.methods import aligned_exemplars, get_method
-from memo_edge.train.augment import TestTransform, build_augment
+from memo_edge.model.methods import Method, aligned_exemplars, get_method
 from memo_edge.train.checkpoint import (
     load_checkpoint,
     rng_state,
@@ -39,12 +37,13 @@ from memo_edge.train.checkpoint import (
 from memo_edge.train.config import TrainConfig, default_scenario
 from memo_edge.train.distributed import current_world
 from memo_edge.train.features import evaluate
-from memo_edge.train.precision import exact_float32, numerics, resolve_precision
-from memo_edge.train.recipe import default_train_base, paper_recipe
+from memo_edge.train.plan import TaskPlan, Transforms, check_options, plan_tasks
+from memo_edge.train.precision import exact_float32, numerics
+from memo_edge.train.recipe import default_train_base
 from memo_edge.train.results import TaskRecord, producer_versions, write_results
-from memo_edge.train.task import Transforms, learn_task
+from memo_edge.train.task import learn_task
 from memo_edge.train.device import select_device
-from memo_edge.train.rundir import CONFIG_FILE, load_run_data, read_run_header
+from memo_edge.train.rundir import CONFIG_FILE, RunHeader, RunMemory, holds_run_of, load_run_data, read_run_header
 from memo_edge.utils.io import atomic_write_json
 from memo_edge.utils.paths import check_separate
 
@@ -61,10 +60,8 @@ class RunSetup:
     config: TrainConfig
     dataset: Dataset
     scenario: Scenario
-    memory: MemoryPolicy
-    train_base: bool
-    device: torch.device
-    precision: str = "fp32"  # resolved: fp32, bf16 or fp16
+    method: Method
+    plan: TaskPlan  # what every task of the run shares: learn_task's settings
     codec: Codec = RAW  # how the exemplars are stored and counted
 
 
@@ -86,9 +83,10 @@ def resolve_memory(config: TrainConfig, scenario: Scenario, bytes_per_exemplar: 
             policy = MemoryPolicy("total", int(config.memory))
         except ValueError:
             raise InputError(f"--memory must be a number of exemplars or 'aligned', got {config.memory!r}") from None
-    final = policy.per_class(scenario.num_classes, model_bytes=0, bytes_per_exemplar=bytes_per_exemplar)
-    if not codec.is_raw:  # how many a share holds is only known once images are encoded (train/task.py checks)
-        final = policy.class_bytes(scenario.num_classes, model_bytes=0, bytes_per_exemplar=bytes_per_exemplar)
+    share = policy.class_bytes(scenario.num_classes, model_bytes=0, bytes_per_exemplar=bytes_per_exemplar)
+    # Exemplars of a fixed size (raw) are counted here; an encoded size is only known once the images are
+    # encoded (train/task.py checks that every class keeps one).
+    final = share // (codec.fixed_size(bytes_per_exemplar) or 1)
     if final < 1:
         raise InputError(
             f"memory budget too small: {policy.describe()} leaves less than one exemplar per class "
@@ -97,15 +95,13 @@ def resolve_memory(config: TrainConfig, scenario: Scenario, bytes_per_exemplar: 
     return policy
 
 
-def prepare(config: TrainConfig) -> RunSetup:
-    """Validate the config and load what it names; every user mistake is an InputError."""
+def _checked(config: TrainConfig) -> tuple[Method, torch.device, Codec]:
+    """What the config names that needs no data: method, device, codec (user mistakes: InputError)."""
     if config.backbone not in backbone_names():
         raise InputError(f"unknown backbone {config.backbone!r}; choose from {', '.join(backbone_names())}")
     try:
         method = get_method(config.method)
         split_parameter_counts(config.backbone, split=method.resolved_split(config.split))
-        paper_recipe(0, epochs=config.init_epochs, schedule=config.schedule)  # type: ignore[arg-type]
-        paper_recipe(1, epochs=config.epochs, schedule=config.schedule)  # type: ignore[arg-type]
     except ValueError as exc:
         raise InputError(str(exc)) from None
     world = current_world()
@@ -113,16 +109,16 @@ def prepare(config: TrainConfig) -> RunSetup:
         raise InputError(f"--batch-size {config.batch_size} is the global batch, shared by {world.size} processes: "
                          "it must be at least the number of processes")
     device = world.device_for(select_device(config.device))
-    precision = resolve_precision(config.precision, device)
     try:
         codec = parse_codec(config.exemplar_codec)
     except ValueError as exc:
         raise InputError(f"--exemplar-codec: {exc}") from None
-    if not 0.0 <= config.codec_mix <= 1.0:
-        raise InputError(f"--codec-mix must be a probability in [0, 1], got {config.codec_mix}")
-    if config.codec_mix and not codec.lossy:
-        raise InputError(f"--codec-mix shows new images through a lossy exemplar codec (jpeg:Q, webp:Q); "
-                         f"{codec} gives images back unchanged")
+    return method, device, codec
+
+
+def prepare(config: TrainConfig) -> RunSetup:
+    """Validate the config and load what it names; every user mistake is an InputError."""
+    method, device, codec = _checked(config)
     dataset, order = load_run_data(config)
     spec = config.scenario or default_scenario(config.dataset)
     scenario = build_scenario(spec, dataset.num_classes, class_order=order)
@@ -130,19 +126,16 @@ def prepare(config: TrainConfig) -> RunSetup:
     train_base = config.train_base
     if train_base is None:
         train_base = default_train_base(scenario.task_sizes[0], scenario.num_classes)
-    return RunSetup(replace(config, scenario=spec, exemplar_codec=codec.spec), dataset, scenario, memory, train_base,
-                    device, precision, codec)
+    plan = plan_tasks(config.task_options(),
+                      Transforms.of(dataset.augment, dataset.mean, dataset.std, dataset.image_shape[0]),
+                      memory=memory, train_base=train_base, device=device, codec=codec)
+    return RunSetup(replace(config, scenario=spec, exemplar_codec=codec.spec), dataset, scenario, method, plan, codec)
 
 
 def _check_run_dir(out: Path, config: TrainConfig) -> None:
     """Refuse an ``out`` that already holds a run (read only: every process of a distributed run checks)."""
-    existing = out / CONFIG_FILE
-    if existing.exists() or any(out.glob("task-[0-9][0-9]")):
-        try:
-            same = TrainConfig.from_json(json.loads(existing.read_text())["config"]).same_run_as(config)
-        except (OSError, ValueError, TypeError, KeyError):
-            same = False
-        what = "this run" if same else "a different run"
+    if (out / CONFIG_FILE).exists() or any(out.glob("task-[0-9][0-9]")):
+        what = "this run" if holds_run_of(out, config) else "a different run"
         raise InputError(f"{out} already holds {what}; pass --resume to continue it or --force to start over")
 
 
@@ -157,10 +150,11 @@ def _make_run_dir(out: Path, *, force: bool) -> None:
 
 
 def check_run(config: TrainConfig, *, resume: bool = False, force: bool = False) -> None:
-    """What ``train`` refuses before its first task, without writing anything (``--nproc`` checks once
-    here before it starts any process)."""
+    """What ``train`` refuses before its first task that needs no data, without writing anything
+    (``--nproc`` checks once here before it starts any process)."""
     check_separate(config.out, *dataset_dirs(config.dataset, config.data_dir), what="run")
-    prepare(config)
+    _, device, codec = _checked(config)
+    check_options(config.task_options(), device, codec)  # the data is checked where it is loaded, in each process
     if resume:
         verified_states(Path(config.out))
     elif not force:
@@ -169,32 +163,29 @@ def check_run(config: TrainConfig, *, resume: bool = False, force: bool = False)
 
 def resume_config(run_dir: Path, *, device: str | None = None) -> TrainConfig:
     """The config a run was started with, for ``--resume`` (optionally on another device)."""
-    try:
-        config = TrainConfig.from_json(read_run_header(run_dir)["config"])
-    except TypeError as exc:  # a config.json of another shape
-        raise InputError(f"cannot resume {run_dir}: {run_dir / CONFIG_FILE} is damaged ({exc})") from None
+    config = read_run_header(run_dir).config
     return replace(config, out=str(run_dir), device=device if device is not None else config.device)
 
 
-def _header(setup: RunSetup) -> dict[str, Any]:
-    cfg, scenario = setup.config, setup.scenario
-    return {
-        "title": f"{cfg.method} {cfg.backbone} on {cfg.dataset} {scenario.spec}",
-        "config": cfg.to_json(),
-        "scenario": scenario.to_json(),
-        "class_names": list(ordered_class_names(setup.dataset, scenario)),
-        "memory": {**setup.memory.to_json(), "bytes_per_exemplar": exemplar_bytes(setup.dataset.image_shape),
-                   "codec": setup.codec.spec},
-        "image_shape": list(setup.dataset.image_shape),
-        "augment": setup.dataset.augment,
-        "normalization": {"mean": list(setup.dataset.mean), "std": list(setup.dataset.std)},
-        "train_base": setup.train_base,
-        "device": str(setup.device),
-        "precision": setup.precision,  # as it ran: config.precision "auto" resolved on this hardware
-        "numerics": numerics(setup.precision, setup.device),  # autocast type, TF32 (off), cuDNN flags, layout
-        "distributed": current_world().to_json(),
-        "versions": producer_versions(),
-    }
+def _header(setup: RunSetup) -> RunHeader:
+    cfg, scenario, dataset, plan = setup.config, setup.scenario, setup.dataset, setup.plan
+    return RunHeader(
+        title=f"{cfg.method} {cfg.backbone} on {cfg.dataset} {scenario.spec}",
+        config=cfg,
+        scenario=scenario,
+        class_names=ordered_class_names(dataset, scenario),
+        memory=RunMemory(plan.memory, exemplar_bytes(dataset.image_shape), setup.codec.spec),
+        train_base=plan.train_base,
+        device=str(plan.device),
+        versions=producer_versions(),
+        image_shape=dataset.image_shape,
+        augment=dataset.augment,
+        mean=tuple(dataset.mean),
+        std=tuple(dataset.std),
+        precision=plan.precision,  # as it ran: config.precision "auto" resolved on this hardware
+        numerics=numerics(plan.precision, plan.device),  # autocast type, TF32 (off), cuDNN flags, layout
+        distributed=current_world().to_json(),
+    )
 
 
 TaskCallback = Callable[[TaskRecord, int], None]
@@ -243,14 +234,14 @@ def train(config: TrainConfig, *, resume: bool = False, force: bool = False, on_
     # Before anything can create it; only the writer (rank 0) ever creates or removes it.
     created = None if resume or not current_world().is_writer else _first_missing(Path(config.out))
     setup = prepare(config)
-    with _removed_unless_kept(created) as keep, exact_float32(setup.device):
+    with _removed_unless_kept(created) as keep, exact_float32(setup.plan.device):
         return _train(setup, resume=resume, force=force, on_task=on_task, keep=keep)
 
 
 def _train(setup: RunSetup, *, resume: bool, force: bool, on_task: TaskCallback | None,
            keep: Callable[[], None]) -> dict[str, Any]:
     out = Path(setup.config.out)
-    header = _header(setup)
+    header = _header(setup).to_json()
     world = current_world()
     if resume:
         states = verified_states(out)
@@ -277,7 +268,7 @@ def _train(setup: RunSetup, *, resume: bool, force: bool, on_task: TaskCallback 
     else:
         torch.manual_seed(setup.config.seed)
         generator.manual_seed(setup.config.seed)
-        method = get_method(setup.config.method)
+        method = setup.method
         model = MemoNet(setup.config.backbone, split=method.resolved_split(setup.config.split), grow=method.grow)
         exemplars = ExemplarSet.empty(setup.dataset.image_shape, setup.codec)
         records = []
@@ -302,26 +293,16 @@ def _train(setup: RunSetup, *, resume: bool, force: bool, on_task: TaskCallback 
 def _run_task(
     setup: RunSetup, task: int, model: MemoNet, exemplars: ExemplarSet, generator: torch.Generator
 ) -> tuple[MemoNet, ExemplarSet, TaskRecord]:
-    cfg, scenario, dataset = setup.config, setup.scenario, setup.dataset
+    scenario, dataset, plan = setup.scenario, setup.dataset, setup.plan
     start = time.perf_counter()
     train_set = remap(dataset.train, scenario)
     test_set = remap(dataset.test, scenario)
-    epochs = cfg.init_epochs if task == 0 else cfg.epochs
-    recipe = paper_recipe(task, epochs=epochs, schedule=cfg.schedule, batch_size=cfg.batch_size)  # type: ignore[arg-type]
-    transforms = Transforms(
-        train=build_augment(dataset.augment, dataset.mean, dataset.std, dataset.image_shape[0]),
-        test=TestTransform(dataset.mean, dataset.std),
-    )
-    result = learn_task(
-        model, task_subset(train_set, scenario, task), exemplars,
-        num_new=scenario.task_sizes[task], recipe=recipe, train_base=setup.train_base, memory=setup.memory,
-        transforms=transforms, device=setup.device, generator=generator,
-        desc=f"task {task + 1}/{scenario.num_tasks}", precision=setup.precision,
-        stack_frozen=cfg.stack_frozen, codec_mix=cfg.codec_mix,
-    )
+    result = learn_task(model, plan, task_subset(train_set, scenario, task), exemplars,
+                        num_new=scenario.task_sizes[task], generator=generator,
+                        desc=f"task {task + 1}/{scenario.num_tasks}")
     metrics = evaluate(model, task_subset(test_set, scenario, task, seen=True), result.class_means, task=task,
-                       boundaries=scenario.boundaries()[: task + 1], transform=transforms.test, device=setup.device,
-                       precision=setup.precision)
+                       boundaries=scenario.boundaries()[: task + 1], transform=plan.transforms.test, device=plan.device,
+                       precision=plan.precision)
     record = TaskRecord(
         task=task,
         classes=(scenario.known_before(task), scenario.known_before(task) + scenario.task_sizes[task]),

@@ -20,9 +20,8 @@ from tqdm.auto import tqdm
 from memo_edge.data.sources import ArraySource, ImageSource, concat_sources
 from memo_edge.errors import MemoEdgeError
 from memo_edge.memory.alignment import exemplar_bytes
-from memo_edge.memory.codec import Codec
+from memo_edge.memory.codec import Codec, StoredForms
 from memo_edge.memory.exemplars import ExemplarSet, select_exemplars
-from memo_edge.memory.policy import MemoryPolicy
 from memo_edge.model import MemoNet
 from memo_edge.train.codec_mix import CodecMix
 from memo_edge.train.distributed import World, all_sum, current_world, end_training, shard_batch, wrap_for_training
@@ -35,18 +34,13 @@ from memo_edge.train.precision import (
     to_memory_format,
     use_channels_last,
 )
+from memo_edge.train.plan import TaskPlan
 from memo_edge.train.recipe import Recipe, build_optimizer, build_scheduler
 from memo_edge.train.transfer import to_device
 
-__all__ = ["TaskResult", "Transforms", "learn_task", "train_step"]
+__all__ = ["TaskResult", "learn_task", "train_step"]
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Transforms:
-    train: Callable[[Tensor, torch.Generator], Tensor]  # augmentation, batched, uint8 BHWC -> float NCHW
-    test: Callable[[Tensor], Tensor]
 
 
 @dataclass(frozen=True)
@@ -65,33 +59,27 @@ class TaskResult:
 
 def learn_task(
     model: MemoNet,
+    plan: TaskPlan,
     new_data: ImageSource,
     exemplars: ExemplarSet,
     *,
     num_new: int,
-    recipe: Recipe,
-    train_base: bool,
-    memory: MemoryPolicy,
-    transforms: Transforms,
-    device: torch.device,
     generator: torch.Generator,
     desc: str = "task",
     on_epoch: Callable[[int, int, float], None] | None = None,
-    precision: str = "fp32",
-    channels_last: bool | None = None,
-    stack_frozen: bool = False,
-    codec_mix: float = 0.0,
 ) -> TaskResult:
-    """Run one MEMO task on ``new_data`` (labels already in the incremental label space).
+    """Run one MEMO task of ``num_new`` classes on ``new_data`` (labels already in the incremental label
+    space) as ``plan`` says (``train/plan.py``: its recipe for this task, the memory rule, transforms,
+    device, precision, codec settings).
 
     ``on_epoch(epoch, epochs, mean_loss)`` is called after each training epoch (1-based), e.g. to report
     progress to another process.
 
-    ``precision`` (resolved: fp32, bf16 or fp16; ``memo_edge.train.precision``) is used for training
-    and for the feature extraction of herding and class means; weights stay float32. ``channels_last``
-    (None: where it measured faster) holds the model in NHWC while it trains, NCHW again afterwards.
-    ``stack_frozen``: the frozen old branches train as one grouped network (``MemoNet.stack_frozen_branches``:
-    faster, equal up to float rounding); herding and evaluation use the plain modules.
+    The plan's precision (``memo_edge.train.precision``) is used for training and for the feature
+    extraction of herding and class means; weights stay float32. ``channels_last`` (None: where it
+    measured faster) holds the model in NHWC while it trains, NCHW again afterwards. ``stack_frozen``:
+    the frozen old branches train as one grouped network (``MemoNet.stack_frozen_branches``: faster,
+    equal up to float rounding); herding and evaluation use the plain modules.
 
     The exemplars' codec (``exemplars.codec``) is the memory's: new exemplars are chosen among the new
     images as they decode under it, and each class keeps what fits in its byte share
@@ -101,30 +89,26 @@ def learn_task(
     In a process group (``memo_edge.train.distributed``) every process calls this with the same
     arguments: each trains on its share of every batch, and all end with the same model and exemplars.
     """
-    codec = exemplars.codec
-    start = time.perf_counter()
-    train_new: ImageSource = new_data
-    if not codec.is_raw:  # every new image as the memory would hold it (raw: read after training, as always)
-        images = new_data.take(np.arange(len(new_data)))
-        seen_images, encoded = codec.round_trip(images)
-        if codec_mix > 0 and codec.lossy:
-            train_new = CodecMix(images, seen_images, new_data.labels, codec_mix)
-    codec_seconds = time.perf_counter() - start if not codec.is_raw else 0.0
+    codec, device, precision = exemplars.codec, plan.device, plan.precision
+    recipe = plan.recipe(model.num_tasks)  # the tasks learned so far: this task's index
+    # The new images as the memory would hold them: before training only when training sees them too.
+    new = _through_codec(new_data, codec) if plan.codec_mix > 0 and codec.lossy else None
+    train_new = new_data if new is None else CodecMix(new.original, new.seen, new_data.labels, plan.codec_mix)
     model.expand(num_new)
     model.to(device)
     if model.num_tasks > 1:
         model.freeze_old_branches()  # nothing to freeze for a single-backbone model
-        if not train_base:
+        if not plan.train_base:
             model.freeze_trunk()
     data = concat_sources([train_new, ArraySource(exemplars.images, exemplars.labels)]) if len(exemplars) else train_new
-    nhwc = use_channels_last(precision, device) if channels_last is None else channels_last
+    nhwc = use_channels_last(precision, device) if plan.channels_last is None else plan.channels_last
     with exact_float32(device):
         if nhwc:  # before stacking: the stack's derived weights take the layout of the weights they come from
             to_memory_format(model, True)
-        if stack_frozen and model.num_branches > 1 and not model.stack_frozen_branches():
+        if plan.stack_frozen and model.num_branches > 1 and not model.stack_frozen_branches():
             log.debug("%s: these branches cannot be stacked; the plain path trains", desc)
         try:
-            loss, speed, steps, seconds = _train(model, data, recipe, transforms.train, device, generator, desc,
+            loss, speed, steps, seconds = _train(model, data, recipe, plan.transforms.train, device, generator, desc,
                                                  on_epoch, precision=precision, channels_last=nhwc,
                                                  mix=train_new if isinstance(train_new, CodecMix) else None)
         finally:
@@ -132,39 +116,51 @@ def learn_task(
             if nhwc:  # checkpoints, export and the device want plain contiguous tensors
                 to_memory_format(model, False)
         gamma = model.weight_align()
-        updated, means, per_class, share = _remember(model, new_data, exemplars, memory, transforms, device,
-                                                     precision, None if codec.is_raw else (seen_images, encoded))
-    return TaskResult(updated, means, gamma, loss, speed, per_class, steps, share, round(codec_seconds, 3),
+        new = new or _through_codec(new_data, codec)
+        updated, means, per_class, share = _remember(model, new_data.labels, new, exemplars, plan)
+    return TaskResult(updated, means, gamma, loss, speed, per_class, steps, share, round(new.seconds, 3),
                       round(seconds, 3))
 
 
-def _remember(model: MemoNet, new_data: ImageSource, exemplars: ExemplarSet, memory: MemoryPolicy,
-              transforms: Transforms, device: torch.device, precision: str,
-              round_trip: tuple[np.ndarray, list[bytes]] | None) -> tuple[ExemplarSet, np.ndarray, int, int]:
+@dataclass(frozen=True)
+class _NewImages:
+    """A task's new images, as read and as the exemplar codec gives them back, with their stored forms."""
+
+    original: np.ndarray
+    seen: np.ndarray
+    forms: StoredForms
+    seconds: float  # the codec's encoding and decoding (raw: a view, nothing)
+
+
+def _through_codec(new_data: ImageSource, codec: Codec) -> _NewImages:
+    images = new_data.take(np.arange(len(new_data)))
+    start = time.perf_counter()
+    seen, forms = codec.round_trip(images)
+    return _NewImages(images, seen, forms, time.perf_counter() - start)
+
+
+def _remember(model: MemoNet, labels: np.ndarray, new: _NewImages, exemplars: ExemplarSet,
+              plan: TaskPlan) -> tuple[ExemplarSet, np.ndarray, int, int]:
     """Steps 5-6 of a task, after training: (the new exemplar memory, every class's mean, raw exemplars per
-    class, stored bytes per class). ``round_trip``: the new images as the exemplar codec gives them back,
-    and their stored forms (None: raw, read here)."""
-    codec = exemplars.codec
-    raw = exemplar_bytes(new_data.image_shape)
+    class, stored bytes per class). New exemplars are herded on ``new.seen``, the images as stored."""
+    codec, memory, test = exemplars.codec, plan.memory, plan.transforms.test
+    device, precision = plan.device, plan.precision
+    raw = exemplar_bytes(new.original.shape[1:])
     per_class = memory.per_class(model.num_classes, model_bytes=model.model_bytes(), bytes_per_exemplar=raw)
     share = memory.class_bytes(model.num_classes, model_bytes=model.model_bytes(), bytes_per_exemplar=raw)
     kept = exemplars.fit(share)
-    seen_images, encoded = round_trip if round_trip is not None else (new_data.take(np.arange(len(new_data))), None)
-    new_view = new_data if codec.is_raw else ArraySource(seen_images, new_data.labels)
-    new_features, _ = extract(model, new_view, transforms.test, device, precision=precision)
-    selected = select_exemplars(seen_images, new_data.labels, new_features, class_bytes=share, encoded=encoded,
-                                codec=codec)
+    new_features, _ = extract(model, ArraySource(new.seen, labels), test, device, precision=precision)
+    selected = select_exemplars(new.seen, labels, new_features, class_bytes=share, encoded=new.forms, codec=codec)
     updated = kept.extend(selected)
-    if not codec.is_raw:
-        _check_every_class_kept(updated, model.num_classes, share, codec)
+    _check_every_class_kept(updated, model.num_classes, share, codec)
     # Prototypes of every seen class come from the current model (old classes' features moved too).
-    feats, _ = extract(model, ArraySource(updated.images, updated.labels), transforms.test, device, precision=precision)
+    feats, _ = extract(model, ArraySource(updated.images, updated.labels), test, device, precision=precision)
     return updated, class_means(feats, updated.labels, model.num_classes), per_class, share
 
 
 def _check_every_class_kept(exemplars: ExemplarSet, num_classes: int, share: int, codec: Codec) -> None:
-    """Under a codec a stored image can be larger than raw (PNG of noise, JPEG at quality 100): a class
-    whose share cannot hold its first exemplar is an error, not a class with no prototype."""
+    """A stored image can be larger than its share (PNG of noise, JPEG at quality 100, a raw image over a
+    tiny share): a class that cannot keep its first exemplar is an error, not a class with no prototype."""
     missing = sorted(set(range(num_classes)) - set(exemplars.classes().tolist()))
     if missing:
         raise MemoEdgeError(f"class {missing[0]} keeps no exemplar: its share of {share:,} B cannot hold its first "
