@@ -19,7 +19,7 @@ from safetensors.torch import load_file
 
 from memo_edge.data.datasets import folder_source, load_dataset
 from memo_edge.data.sources import FolderSource, ImageSource, warn_resized
-from memo_edge.errors import InputError
+from memo_edge.errors import BudgetError, InputError
 from memo_edge.export.exporter import exemplar_tasks, model_blobs, model_manifest
 from memo_edge.export.quantize import calibration_images
 from memo_edge.export.verify import verify_package
@@ -27,6 +27,7 @@ from memo_edge.memory.alignment import count_parameters
 from memo_edge.memory.codec import parse_codec
 from memo_edge.memory.policy import MemoryPolicy
 from memo_edge.model import MemoNet, create_backbone
+from memo_edge.options import UpdateOptions
 from memo_edge.runtime.check import require_intact
 from memo_edge.runtime.lock import writer_lock
 from memo_edge.runtime.catalog import next_version
@@ -49,16 +50,8 @@ Event = Callable[[dict], None]  # progress for another process: {"event": "check
 class UpdateConfig:
     package: Path
     data: str  # npz:DIR, imagefolder:DIR (its train/ split), or DIR of class folders
-    epochs: int = 30
-    batch_size: int = 128
-    schedule: str = "cosine"
-    train_base: bool = False  # on the device the trunk stays frozen unless asked
-    device: str | None = None
-    seed: int = 1993
+    options: UpdateOptions = UpdateOptions()  # memo_edge/options.py: the CLI's and POST /update's options
     verify_images: int = 256
-    int8: bool | None = None  # an int8 full graph in the new version; None: if the current version has one
-    precision: str = "fp32"  # autocast of training (memo_edge.train.precision); weights stay float32
-    codec_mix: float = 0.0  # probability that a new training image is seen through the package's lossy codec
 
 
 def branch_bytes(manifest: Manifest) -> int:
@@ -77,7 +70,7 @@ def check_budget(manifest: Manifest, new_classes: int) -> None:
     needed = model_after + seen * each
     if needed > b.total_bytes:
         about = "" if b.codec == "raw" else f", {each:,} B each as {b.codec} on average"
-        raise InputError(
+        raise BudgetError(
             f"the budget cannot fit another task: model {model_after:,} B + one exemplar for each of {seen} classes "
             f"({seen * each:,} B{about}) needs {needed:,} B of {b.total_bytes:,} B; "
             f"{needed - b.total_bytes:,} B missing. Nothing was changed."
@@ -160,33 +153,34 @@ def _codec_report(result: TaskResult) -> dict:
 
 
 def _update(config: UpdateConfig, on_event: Event) -> PackageVersion:
+    opts = config.options
     version = open_package(config.package)
     m = version.manifest
     new_data, new_names = load_new_classes(config.data, m)
     check_budget(m, len(new_names))
-    if config.codec_mix and not parse_codec(m.budget.codec).lossy:
+    if opts.codec_mix and not parse_codec(m.budget.codec).lossy:
         raise InputError(f"--codec-mix shows new images through a lossy exemplar codec; this package stores its "
                          f"exemplars as {m.budget.codec}, which gives them back unchanged")
-    if config.int8 and m.file("full") is None:
+    if opts.int8 and m.file("full") is None:
         raise InputError(f"{config.package}: --int8 quantizes the full graph, which this package does not have")
-    device = select_device(config.device)
-    precision = resolve_precision(config.precision, device)  # fp16 on a CPU is refused here, before any work
+    device = select_device(opts.device)
+    precision = resolve_precision(opts.train_precision, device)  # fp16 on a CPU is refused here, before any work
     on_event({"event": "checked", "version": m.version, "classes": list(new_names), "images": len(new_data),
-              "epochs": config.epochs})
-    torch.manual_seed(config.seed)
-    generator = torch.Generator().manual_seed(config.seed)
+              "epochs": opts.epochs})
+    torch.manual_seed(opts.seed)
+    generator = torch.Generator().manual_seed(opts.seed)
     model = _load_model(version)
     exemplars, _ = version.exemplars()
     known = len(m.class_names)
     augment = m.model.get("augment", "cifar")
     transforms = Transforms(build_augment(augment, m.input.mean, m.input.std, m.input.height),
                             TestTransform(m.input.mean, m.input.std))
-    recipe = paper_recipe(1, epochs=config.epochs, schedule=config.schedule, batch_size=config.batch_size)  # type: ignore[arg-type]
+    recipe = paper_recipe(1, epochs=opts.epochs, schedule=opts.schedule, batch_size=opts.batch_size)  # type: ignore[arg-type]
     result = learn_task(
         model, new_data.with_labels(new_data.labels + known), exemplars, num_new=len(new_names), recipe=recipe,
-        train_base=config.train_base, memory=MemoryPolicy("bytes", m.budget.total_bytes), transforms=transforms,
+        train_base=opts.train_base, memory=MemoryPolicy("bytes", m.budget.total_bytes), transforms=transforms,
         device=device, generator=generator, desc=f"task {model.num_tasks}", precision=precision,
-        codec_mix=config.codec_mix,
+        codec_mix=opts.codec_mix,
         on_epoch=lambda epoch, epochs, loss: on_event({"event": "epoch", "epoch": epoch, "epochs": epochs,
                                                        "loss": round(loss, 6)}),
     )
@@ -197,19 +191,19 @@ def _update(config: UpdateConfig, on_event: Event) -> PackageVersion:
         model_manifest(next_version(config.package), model, result.exemplars, spec=m.input,
                        class_names=(*m.class_names, *new_names), augment=augment,
                        total_budget_bytes=m.budget.total_bytes,
-                       source={**m.source, "update": {"data": config.data, "epochs": config.epochs,
-                                                      "train_base": config.train_base, "precision": precision,
+                       source={**m.source, "update": {"data": config.data, "epochs": opts.epochs,
+                                                      "train_base": opts.train_base, "precision": precision,
                                                       **_codec_report(result)}}),
         parent=m.version,
     )
     new_task = model.num_branches - 1
     # An int8 full graph is re-made from the new float graph, calibrated on the new exemplars.
-    int8 = m.file(INT8_ROLE) is not None if config.int8 is None else config.int8
+    int8 = m.file(INT8_ROLE) is not None if opts.int8 is None else opts.int8
     calibration = calibration_images(result.exemplars.images, result.exemplars.labels) if int8 else None
-    blobs = model_blobs(model, m.input, branches=[new_task], trunk=config.train_base, full=m.file("full") is not None,
+    blobs = model_blobs(model, m.input, branches=[new_task], trunk=opts.train_base, full=m.file("full") is not None,
                         int8_calibration=calibration)
-    kept = [f for f in m.files if (f.role == "trunk" and not config.train_base) or f.role == "branch"]
-    rng = np.random.default_rng(config.seed)
+    kept = [f for f in m.files if (f.role == "trunk" and not opts.train_base) or f.role == "branch"]
+    rng = np.random.default_rng(opts.seed)
     sample = rng.permutation(len(new_data))[: config.verify_images // 2]
     images = np.concatenate([new_data.take(np.sort(sample)), result.exemplars.images[: config.verify_images // 2]])
 

@@ -10,10 +10,11 @@ from typing import Literal
 import torch
 from torch import nn
 
+from memo_edge.options import SCHEDULES
+
 __all__ = ["Recipe", "paper_recipe", "build_optimizer", "build_scheduler", "default_train_base"]
 
 Schedule = Literal["step", "cosine"]
-SCHEDULES = ("step", "cosine")
 
 
 @dataclass(frozen=True)
