@@ -13,7 +13,7 @@ from typing import Any
 
 import click
 
-from memo_edge.options import TRAIN_PRECISIONS, OptionSpec, option_specs
+from memo_edge.options import SCHEDULES, TRAIN_PRECISIONS, OptionSpec, option_specs
 from memo_edge.serve.command import renamed_option
 
 __all__ = ["RUN_OPTIONS", "run_options", "run_config", "record_options"]
@@ -72,7 +72,7 @@ RUN_OPTIONS = [
     click.option("--epochs", type=click.IntRange(min=1), help="Epochs of tasks >= 1  [default: 170, the paper's]"),
     click.option("--init-epochs", type=click.IntRange(min=1), help="Epochs of task 0  [default: 200, the paper's]"),
     click.option("--batch-size", type=click.IntRange(min=2), default=128, show_default=True, help="Training batch size."),
-    click.option("--schedule", type=click.Choice(["step", "cosine"]), default="step", show_default=True,
+    click.option("--schedule", type=click.Choice(SCHEDULES), default="step", show_default=True,
                  help="Learning-rate schedule: the paper's milestones or cosine annealing."),
     click.option("--train-base/--freeze-base", default=None,
                  help="Train or freeze the trunk after task 0  [default: train for B0 with small tasks, freeze for B50]"),

@@ -63,10 +63,11 @@ def create_app(package: str | Path, *, backend: str = "auto", precision: str = "
                 if auth and expected is not None:
                     given = request.headers.get("authorization", "").encode()
                     if not hmac.compare_digest(given, expected):
-                        raise RequestError("unauthorized", "missing or wrong bearer token (Authorization: Bearer <token>)")
+                        raise RequestError("unauthorized",
+                                           "missing or wrong bearer token (Authorization: Bearer <token>)")
                 response = await handler(request)
             except HTTPException as exc:  # starlette's own (a malformed multipart form)
-                response = _http_error(request, exc)
+                response = await _http_error(request, exc)
             except Exception as exc:  # noqa: BLE001 - one line to the client, the traceback to the log
                 error = as_error(exc, "serve")
                 if error is None or error.code in ("internal", "failed"):
@@ -87,8 +88,8 @@ def create_app(package: str | Path, *, backend: str = "auto", precision: str = "
         spec = rt.package.manifest.input
         kind = _content_type(request)
         if kind not in (*ARRAY_TYPES, "multipart/form-data"):
-            raise RequestError("unsupported_media", f"content-type {kind or 'missing'}: send an .npy/.npz array ("
-                               f"{', '.join(ARRAY_TYPES)}) or multipart/form-data with image files in field 'file'")
+            raise RequestError("unsupported_media", f"content-type {kind or 'missing'}: send an .npy/.npz array "
+                               f"({', '.join(ARRAY_TYPES)}) or multipart/form-data with image files in field 'file'")
         with batcher.arriving():  # a batch being formed waits for this request
             if kind in ARRAY_TYPES:
                 body = await _read_body(request, limits.max_body_bytes)
@@ -115,8 +116,8 @@ def create_app(package: str | Path, *, backend: str = "auto", precision: str = "
             options = UpdateOptions.from_query(request.query_params, on_old=_old_parameter)
             kind = _content_type(request)
             if kind not in UPLOAD_TYPES:
-                raise RequestError("unsupported_media", f"content-type {kind or 'missing'}: send a zip or tar of class folders, or "
-                                   f"an npz with x, y and class_names ({', '.join(UPLOAD_TYPES)})")
+                raise RequestError("unsupported_media", f"content-type {kind or 'missing'}: send a zip or tar of "
+                                   f"class folders, or an npz with x, y and class_names ({', '.join(UPLOAD_TYPES)})")
             workdir = await asyncio.to_thread(upload_dir, state.root)
             try:
                 await _save_body(request, workdir / "upload", upload_limits.max_upload_bytes)

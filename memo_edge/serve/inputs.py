@@ -78,7 +78,8 @@ def decode_images(files: list[tuple[str, bytes]], spec: InputSpec, limits: Limit
         try:
             with Image.open(io.BytesIO(data)) as im:
                 if im.width * im.height > limits.max_pixels:
-                    raise RequestError("too_large", f"{name}: {im.width}x{im.height} pixels; at most {limits.max_pixels:,}")
+                    raise RequestError("too_large",
+                                       f"{name}: {im.width}x{im.height} pixels; at most {limits.max_pixels:,}")
                 out[k] = resize_center_crop(im.convert("RGB"), spec.file_resize, spec.height)
         except RequestError:
             raise

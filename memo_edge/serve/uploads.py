@@ -113,8 +113,8 @@ def unpack_upload(kind: str, upload: Path, into: Path, limits: UploadLimits) -> 
         elif kind in TAR_TYPES:
             members = _tar_members(stack, upload, limits)
         else:
-            raise RequestError("unsupported_media", f"content-type {kind or 'missing'}: send a zip or tar of class folders "
-                               f"({', '.join(ZIP_TYPES + TAR_TYPES)}) or an npz with x, y and class_names "
+            raise RequestError("unsupported_media", f"content-type {kind or 'missing'}: send a zip or tar of class "
+                               f"folders ({', '.join(ZIP_TYPES + TAR_TYPES)}) or an npz with x, y and class_names "
                                f"({NPZ_TYPES[0]})")
         total = 0
         for member in members:
