@@ -17,7 +17,7 @@ OUT=${OUT:-runs/codecs}
 EPOCHS=${EPOCHS:-5}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 common=(--dataset "npz:$DATA" --classes 30 --scenario B0Inc10 --backbone resnet32 --init-epochs "$EPOCHS"
-        --epochs "$EPOCHS" --batch-size 128 --schedule cosine --precision bf16 --device cpu --memory 7.06219482421875)
+        --epochs "$EPOCHS" --batch-size 128 --schedule cosine --train-precision bf16 --device cpu --memory 7.06219482421875)
 compare() { "$PY" -m memo_edge compare "${common[@]}" "$@"; }
 start=$(date +%s)
 compare --methods memo,replay --exemplar-codec raw,jpeg:75 --out "$OUT/main"            # the claim

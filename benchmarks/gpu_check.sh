@@ -33,7 +33,7 @@ echo "train on GPU: $(( $(date +%s) - start ))s"
 if "$PY" -c "import tensorrt" 2>/dev/null; then
     for precision in fp32 fp16; do
         flag=$([ "$precision" = fp16 ] && echo --fp16 || true)
-        "$PY" -m memo_edge.cli export "$WORK/run" --out "$WORK/pkg-$precision" --force --trt $flag --max-batch 32
+        "$PY" -m memo_edge.cli export "$WORK/run" --out "$WORK/pkg-$precision" --force --trt --engine-precision "$precision" --max-batch 32
         "$PY" benchmarks/trt_compare.py "$WORK/pkg-$precision" $flag --max-batch 32 --write docs/benchmarks.md
     done
 else

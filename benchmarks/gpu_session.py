@@ -355,7 +355,7 @@ def precisions_commands(ctx: Context) -> list[Command]:
     cmds = []
     for name, precision, stacked in _precision_runs(ctx):
         run = ctx.work / "precisions" / name
-        cmds.append(_digits_run(ctx, run, "--precision", precision, *(["--stack-frozen"] if stacked else [])))
+        cmds.append(_digits_run(ctx, run, "--train-precision", precision, *(["--stack-frozen"] if stacked else [])))
         cmds.append(_memo(ctx, "export", str(run), "--out", str(run.with_name(f"{name}-pkg")), "--force"))
     return cmds
 
@@ -379,7 +379,7 @@ def precisions_figures(ctx: Context) -> str:
             f"## Mixed-precision training and export on {ctx.device} (gpu_session precisions stage)",
             "",
             f"- when: {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC",
-            "- what: `memo-edge train --dataset digits --scenario B0Inc4 --batch-size 64 --memory 200 --precision P "
+            "- what: `memo-edge train --dataset digits --scenario B0Inc4 --batch-size 64 --memory 200 --train-precision P "
             "[--stack-frozen]`, then `memo-edge export` (ONNX graphs verified against PyTorch with ONNX Runtime); "
             "the run's own results.json figures",
             "- command: `bash benchmarks/gpu_session.sh` (stage precisions)",

@@ -47,7 +47,7 @@ LOG="$WORK/train.log"
 start=$(date +%s)
 set +e
 timeout --signal=INT "$BUDGET_S" "$PY" -m memo_edge.cli -v train "${DATASET[@]}" --scenario B0Inc10 \
-    --precision "$PRECISION" $STACK --device cuda --out "$WORK/run" --force 2>&1 \
+    --train-precision "$PRECISION" $STACK --device cuda --out "$WORK/run" --force 2>&1 \
     | while IFS= read -r line; do printf "%s %s\n" "$(date +%s.%N)" "$line"; done | tee "$LOG" | grep -v " epoch "
 status=${PIPESTATUS[0]}
 set -e
@@ -105,7 +105,7 @@ lines = [
     "",
     f"- when: {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC",
     f"- where: {torch.cuda.get_device_name()}, torch {torch.__version__}",
-    f"- what: `memo-edge train --scenario B0Inc10 --precision {precision} {stack} --device cuda` with every other "
+    f"- what: `memo-edge train --scenario B0Inc10 --train-precision {precision} {stack} --device cuda` with every other "
     "default (ResNet-32, 200 epochs then 170, batch 128, step schedule, 2,000 exemplars); channels_last and "
     f"GPU-resident images follow from bf16 on CUDA; cut after {budget} s",
     "- command: `bash benchmarks/gpu_train.sh`",

@@ -186,7 +186,7 @@ def run(args: argparse.Namespace, work: Path) -> dict:
     results: dict = {"bench": reference, "windows": []}
     batching = {"on": ["--max-batch", "32", "--max-delay-ms", "5"], "off": ["--max-batch", "1"]}
     for mode, spinning, clients in (("on", False, (1, 8, 32)), ("off", False, (1, 8, 32)), ("on", True, (32,))):
-        server = Server(package, work / f"serve-{mode}-{spinning}.log", "--precision", args.precision,
+        server = Server(package, work / f"serve-{mode}-{spinning}.log", "--graph-precision", args.precision,
                         *batching[mode], spinning=spinning)
         try:
             asyncio.run(load(server.port, 4, 2.0, body, server.proc.pid))  # warm-up
@@ -198,7 +198,7 @@ def run(args: argparse.Namespace, work: Path) -> dict:
                 results[f"rss_{mode}"] = server.peak_rss_mb()
         finally:
             server.stop()
-    server = Server(package, work / "serve-update.log", "--precision", args.precision)
+    server = Server(package, work / "serve-update.log", "--graph-precision", args.precision)
     try:
         rng = np.random.default_rng(2)
         x = rng.integers(0, 256, (10 * args.update_images, *CIFAR.shape), dtype=np.uint8)

@@ -4,7 +4,7 @@ Times the real training step (`memo_edge.train.task.train_step`) on batches of r
 uint8 images, augmented as in training, with old branches frozen and the trunk trained (a B0 run) or
 frozen too (`--trunk frozen`: a B50 run, `--freeze-base`). Warm-up steps first, then repeated timed
 steps; reports median and p95 per step. Dimensions (comma-separated lists, every combination):
-`--precision fp32,bf16` (autocast, as `train --precision`), `--path plain,stacked` (the frozen old
+`--precision fp32,bf16` (autocast, as `train --train-precision`), `--path plain,stacked` (the frozen old
 branches as one grouped network, `MemoNet.stack_frozen_branches`; T > 1 only), `--memory-format
 nchw,nhwc,contiguous` (nchw: the trainer's CPU default, weights contiguous and the batch as augmented,
 whose strides are channels_last ones; nhwc: channels_last everywhere; contiguous: the batch copied to

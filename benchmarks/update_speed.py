@@ -49,6 +49,7 @@ import torch
 import memo_edge.device.update as update_module
 import memo_edge.runtime.writer as writer_module
 from memo_edge.device.update import UpdateConfig, update_package
+from memo_edge.options import UpdateOptions
 from memo_edge.export import graphs
 from memo_edge.export.exporter import package_model
 from memo_edge.export.quantize import calibration_images, quantize_full
@@ -164,7 +165,7 @@ def measure(tasks: int, built: Path, work: Path, data: str, args: argparse.Names
     shutil.rmtree(pkg, ignore_errors=True)
     shutil.copytree(built, pkg)
     marks: dict[str, tuple[float, float]] = {}  # event -> (wall, this process's CPU time)
-    config = UpdateConfig(pkg, data, epochs=args.epochs, batch_size=128, device="cpu", int8=False)
+    config = UpdateConfig(pkg, data, UpdateOptions(epochs=args.epochs, batch_size=128, device="cpu", int8=False))
 
     def on_event(event: dict) -> None:
         marks.setdefault(event["event"], (time.perf_counter(), time.process_time()))

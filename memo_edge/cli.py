@@ -1,7 +1,8 @@
 """The ``memo-edge`` command line: each command parses, builds a config, calls one library function.
 
-Errors are mapped to exit codes in one place (``MemoEdgeGroup.invoke``): ``InputError`` (a user
-mistake) exits 2, any other ``MemoEdgeError`` exits 1, both as one line without a traceback.
+Errors are mapped to exit codes in one place (``MemoEdgeGroup.invoke``), by their code
+(``memo_edge.errors.CODES``): a user's mistake exits 2, a failure 1, both as one line without a
+traceback; an exception that is no declared error is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -15,32 +16,31 @@ import click
 import numpy as np
 
 from memo_edge import __version__
-from memo_edge.errors import InputError, MemoEdgeError, user_error
-from memo_edge.serve.command import backend_option, precision_option, serve as serve_command
-from memo_edge.cli_options import run_config, run_options, training_precision_option
+from memo_edge.errors import InputError, as_error, code_of, exit_status
+from memo_edge.options import ENGINE_PRECISIONS, UpdateOptions
+from memo_edge.serve.command import backend_option, graph_precision_option, renamed_option, serve as serve_command
+from memo_edge.cli_options import record_options, run_config, run_options
 
 __all__ = ["main"]
 
 
-class UserError(click.ClickException):
-    """One line on stderr, exit code 2 (click's code for bad invocations)."""
+class CodedError(click.ClickException):
+    """One line on stderr; the exit status of the error's code (2: click's for bad invocations)."""
 
-    exit_code = 2
+    def __init__(self, message: str, code: str) -> None:
+        super().__init__(message)
+        self.exit_code = exit_status(code)
 
 
 class MemoEdgeGroup(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except InputError as exc:
-            raise UserError(str(exc)) from None
-        except MemoEdgeError as exc:
-            raise click.ClickException(str(exc)) from None
-        except (ModuleNotFoundError, OSError) as exc:  # a missing extra, a read-only path: the user's to fix
-            mistake = user_error(exc, ctx.invoked_subcommand)
-            if mistake is None:
+        except Exception as exc:  # a declared error, a missing extra, a user's path: one line
+            error = as_error(exc, ctx.invoked_subcommand)
+            if error is None:
                 raise
-            raise UserError(str(mistake)) from None
+            raise CodedError(str(error), error.code) from None
 
 
 @click.group(cls=MemoEdgeGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -134,10 +134,7 @@ def budget(as_json: bool, **options: Any) -> None:
     """Memory alignment: one model in exemplars, and the aligned exemplar counts per scenario."""
     from memo_edge.model.budget import BudgetRequest, budget_report, format_budget_report
 
-    try:
-        report = budget_report(BudgetRequest(**options))
-    except ValueError as exc:
-        raise InputError(str(exc)) from None
+    report = budget_report(BudgetRequest(**options))  # what it refuses is an InvalidValue: exit 2
     click.echo(json.dumps(report, indent=2) if as_json else format_budget_report(report))
 
 
@@ -153,23 +150,21 @@ def budget(as_json: bool, **options: Any) -> None:
 @click.option("--total-budget", "total_budget", type=click.IntRange(min=1),
               help="Device memory budget in bytes (model + exemplars) [default: what the run uses at this task].")
 @click.option("--trt", is_flag=True, help="Also build TensorRT engines (needs tensorrt and an NVIDIA GPU).")
-@click.option("--fp16", is_flag=True, help="TensorRT engines in FP16.")
+@renamed_option("--engine-precision", old="--fp16", old_value="fp16", type=click.Choice(ENGINE_PRECISIONS),
+                default="fp32", show_default=True, help="Arithmetic of the TensorRT engines (--trt).")
 @click.option("--min-batch", type=click.IntRange(min=1), default=1, show_default=True, help="TensorRT profile: smallest batch.")
 @click.option("--opt-batch", type=click.IntRange(min=1), default=8, show_default=True, help="TensorRT profile: tuned batch.")
 @click.option("--max-batch", type=click.IntRange(min=1), default=32, show_default=True, help="TensorRT profile: largest batch.")
 @click.option("--workspace", type=click.IntRange(min=16), default=1024, show_default=True, help="TensorRT workspace (MiB).")
 @click.option("--force", is_flag=True, help="Replace an existing package at --out.")
 def export(run_dir: Path, out: Path, task: int | None, full: bool, int8: bool, verify_images: int,
-           total_budget: int | None, trt: bool, fp16: bool, min_batch: int, opt_batch: int, max_batch: int,
+           total_budget: int | None, trt: bool, engine_precision: str, min_batch: int, opt_batch: int, max_batch: int,
            workspace: int, force: bool) -> None:
     """Export a trained run as a verified package (ONNX, weights, exemplars; TensorRT engines with --trt)."""
     from memo_edge.export.exporter import ExportConfig, export_run
     from memo_edge.runtime.engine_cache import EngineOptions, ShapeProfile
 
-    try:
-        engine = EngineOptions("fp16" if fp16 else "fp32", ShapeProfile(min_batch, opt_batch, max_batch), workspace)
-    except ValueError as exc:
-        raise InputError(str(exc)) from None
+    engine = EngineOptions(engine_precision, ShapeProfile(min_batch, opt_batch, max_batch), workspace)
     config = ExportConfig(run_dir, out, task, full, int8, verify_images, total_budget, force, engine if trt else None)
     version, engines = export_run(config)
     v = version.manifest.verification["graphs"]["end_to_end"]
@@ -208,7 +203,7 @@ def info(package: Path, version: int | None, as_json: bool) -> None:
 @click.option("--top", type=click.IntRange(min=1), default=1, show_default=True, help="Classes to report per image.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True, help="Images per batch.")
 @backend_option
-@precision_option
+@graph_precision_option
 def predict(package: Path, inputs: tuple[Path, ...], top: int, batch_size: int, backend: str, precision: str) -> None:
     """Classify images (files, directories of images, or npz files with x); one JSON line per image."""
     from memo_edge.runtime.backends import precision_options
@@ -229,29 +224,18 @@ def predict(package: Path, inputs: tuple[Path, ...], top: int, batch_size: int, 
 @main.command()
 @click.argument("package", type=click.Path(path_type=Path, file_okay=False, exists=True))
 @click.option("--data", required=True, help="New classes: DIR/<class>/*.png, npz:DIR or imagefolder:DIR.")
-@click.option("--epochs", type=click.IntRange(min=1), default=30, show_default=True, help="Training epochs.")
-@click.option("--batch-size", type=click.IntRange(min=2), default=128, show_default=True, help="Training batch size.")
-@click.option("--schedule", type=click.Choice(["step", "cosine"]), default="cosine", show_default=True,
-              help="Learning-rate schedule.")
-@click.option("--train-base/--freeze-base", default=False, show_default=True,
-              help="Also train the shared trunk (re-exports it) or keep it frozen.")
-@click.option("--device", help="cpu, cuda or cuda:N  [default: cuda when available]")
-@click.option("--seed", type=int, default=1993, show_default=True, help="Training seed.")
-@click.option("--int8/--no-int8", default=None,
-              help="Re-make the int8 full graph, or drop it  [default: as the package has it].")
-@training_precision_option
-@click.option("--codec-mix", type=click.FloatRange(0, 1), default=0.0, show_default=True,
-              help="Probability that a new training image is seen through the package's lossy exemplar codec.")
+@record_options(UpdateOptions)  # memo_edge/options.py: the same options as POST /update's query
 @click.option("--json", "json_lines", is_flag=True,
               help="Progress and the outcome as JSON lines on stdout, for programs (the service's update jobs).")
-def update(package: Path, json_lines: bool, **options: Any) -> None:
+def update(package: Path, data: str, json_lines: bool, **options: Any) -> None:
     """Learn a new task on this device and append it as a new package version (same memory budget)."""
     from memo_edge.device.update import UpdateConfig, update_package
 
+    config = UpdateConfig(package=package, data=data, options=UpdateOptions(**options))
     if json_lines:
-        _update_json_lines(package, options)
+        _update_json_lines(config)
         return
-    version = update_package(UpdateConfig(package=package, **options))
+    version = update_package(config)
     m, v = version.manifest, version.manifest.verification["graphs"]["end_to_end"]
     click.echo(f"package {package}: version {m.version} with {len(m.task_classes)} tasks, {len(m.class_names)} classes; "
                f"exemplars {m.budget.exemplars} ({'' if m.budget.codec == 'raw' else 'at least '}{m.budget.per_class}/class, "
@@ -263,18 +247,21 @@ def update(package: Path, json_lines: bool, **options: Any) -> None:
         click.echo(f"int8 full graph re-made: top-1 agreement with float32 {100 * q['top1_agreement']:.1f}%")
 
 
-def _update_json_lines(package: Path, options: dict[str, Any]) -> None:
-    """``update --json``: one JSON object per line, flushed at once; a failure is an event too, then
-    the usual one-line error and exit code."""
-    from memo_edge.device.update import UpdateConfig, update_package
+def _update_json_lines(config: Any) -> None:
+    """``update --json``: one JSON object per line, flushed at once; a failure is an event too (with the
+    error's stable code, which the service turns into an HTTP status), then the usual one-line error and
+    exit status."""
+    from memo_edge.device.update import update_package
 
     def emit(event: dict) -> None:
         click.echo(json.dumps(event))  # click.echo flushes
 
     try:
-        version = update_package(UpdateConfig(package=package, **options), on_event=emit)
+        version = update_package(config, on_event=emit)
     except Exception as exc:
-        emit({"event": "failed", "kind": type(exc).__name__, "error": str(exc).splitlines()[0] if str(exc) else ""})
+        said = str(as_error(exc, "update") or exc)
+        emit({"event": "failed", "code": code_of(exc, "update"), "kind": type(exc).__name__,
+              "error": said.splitlines()[0] if said else ""})
         raise
     m = version.manifest
     emit({"event": "committed", "version": m.version, "tasks": len(m.task_classes), "classes": len(m.class_names),
@@ -300,7 +287,7 @@ main.add_command(serve_command)  # memo_edge/serve/command.py: HTTP predictions 
 @click.option("--backend", "backends", multiple=True, default=["auto"], show_default=True,
               help="Backend(s) to measure; repeat the option for several.")
 @click.option("--iterations", type=click.IntRange(min=1), default=50, show_default=True, help="Timed runs per batch.")
-@precision_option
+@graph_precision_option
 def bench(package: Path, batch: str, backends: tuple[str, ...], iterations: int, precision: str) -> None:
     """Latency p50/p95, throughput and peak memory per backend and batch size."""
     from memo_edge.runtime.bench import bench as run_bench, format_bench

@@ -1,23 +1,49 @@
-"""The click options of a training run, shared by ``train``, ``compare`` and ``curve``, and the
-training precision that ``update`` takes too. Click only (like ``memo_edge/serve/command.py``): the
-CLI imports no layer of the trainer before a command runs; ``memo_edge/cli.py`` applies them.
+"""The click options of a training run, shared by ``train``, ``compare`` and ``curve``; those of
+``update``, generated from ``memo_edge.options.UpdateOptions``; and renamed options that keep their
+old name as a hidden alias (``renamed_option``). Click and the torch-free options module only (like
+``memo_edge/serve/command.py``): the CLI imports no layer of the trainer before a command runs;
+``memo_edge/cli.py`` applies them.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import click
 
-__all__ = ["RUN_OPTIONS", "run_options", "run_config", "training_precision_option"]
+from memo_edge.options import SCHEDULES, TRAIN_PRECISIONS, OptionSpec, option_specs
+from memo_edge.serve.command import renamed_option
 
-PRECISIONS = click.Choice(["fp32", "bf16", "fp16", "auto"])  # memo_edge.train.precision resolves them
+__all__ = ["RUN_OPTIONS", "run_options", "run_config", "record_options"]
+
+Decorator = Callable[[Any], Any]
 
 
-def training_precision_option(f: Any) -> Any:
-    return click.option("--precision", type=PRECISIONS, default="fp32", show_default=True,
-                        help="Autocast precision of training (fp16: GPUs; auto: the fastest native one).")(f)
+def _click_option(spec: OptionSpec) -> Decorator:
+    attrs: dict[str, Any] = {"default": spec.default, "show_default": spec.default is not None, "help": spec.help}
+    if spec.is_flag:
+        return click.option(f"{spec.flag}/{spec.off_flag}", **attrs)
+    if spec.choices:
+        attrs["type"] = click.Choice(spec.choices)
+    elif spec.kind is int:
+        attrs["type"] = click.IntRange(min=spec.least, max=spec.most)
+    elif spec.kind is float:
+        attrs["type"] = click.FloatRange(min=spec.least, max=spec.most)
+    if spec.old_flag is not None:
+        return renamed_option(spec.flag, old=spec.old_flag, **attrs)
+    return click.option(spec.flag, **attrs)
+
+
+def record_options(record: type) -> Decorator:
+    """The click options of an options record (``memo_edge.options``), one per field, in its order."""
+    def apply(f: Any) -> Any:
+        for spec in reversed(option_specs(record)):
+            f = _click_option(spec)(f)
+        return f
+
+    return apply
 
 
 def _parse_class_order(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[int, ...] | None:
@@ -46,13 +72,14 @@ RUN_OPTIONS = [
     click.option("--epochs", type=click.IntRange(min=1), help="Epochs of tasks >= 1  [default: 170, the paper's]"),
     click.option("--init-epochs", type=click.IntRange(min=1), help="Epochs of task 0  [default: 200, the paper's]"),
     click.option("--batch-size", type=click.IntRange(min=2), default=128, show_default=True, help="Training batch size."),
-    click.option("--schedule", type=click.Choice(["step", "cosine"]), default="step", show_default=True,
+    click.option("--schedule", type=click.Choice(SCHEDULES), default="step", show_default=True,
                  help="Learning-rate schedule: the paper's milestones or cosine annealing."),
     click.option("--train-base/--freeze-base", default=None,
                  help="Train or freeze the trunk after task 0  [default: train for B0 with small tasks, freeze for B50]"),
     click.option("--device", help="cpu, cuda or cuda:N  [default: cuda when available]"),
-    click.option("--precision", type=PRECISIONS, default="fp32", show_default=True,
-                 help="Autocast precision of training and inference (fp16: GPUs; auto: fastest native one)."),
+    renamed_option("--train-precision", "precision", old="--precision", type=click.Choice(TRAIN_PRECISIONS),
+                   default="fp32", show_default=True,
+                   help="Autocast precision of training and evaluation (fp16: GPUs; auto: the fastest native one)."),
     click.option("--exemplar-codec", default="raw", show_default=True,
                  help="How exemplars are stored and counted in the budget: raw, png, jpeg:Q or webp:Q "
                  "(compare, curve: comma-separated, one run each)."),

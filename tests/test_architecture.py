@@ -16,6 +16,7 @@ ROOT = Path(__file__).parents[1] / "memo_edge"
 # the "Layers" section of docs/architecture.md.
 LAYERS: list[set[str]] = [
     {"errors"},
+    {"options"},  # the options' vocabularies and the update-options record: torch-free, click-free
     {"utils"},
     {"memory", "data"},
     {"runtime"},
@@ -29,7 +30,7 @@ LAYERS: list[set[str]] = [
     {"cli"},
     {"__main__"},  # python -m memo_edge: the CLI
 ]
-TORCH_FREE = {"errors", "utils", "memory", "data", "runtime", "serve"}
+TORCH_FREE = {"errors", "options", "utils", "memory", "data", "runtime", "serve"}
 HEAVY = ("torch", "torchvision", "matplotlib", "sklearn", "onnx")  # onnxruntime is the runtime's, not these
 
 

@@ -122,3 +122,69 @@ def test_resume_names_the_missing_or_damaged_checkpoint_file(finished_run: Path,
 
 def test_resume_of_a_non_run_directory(tmp_path: Path) -> None:
     assert_user_error(invoke("train", "--resume", tmp_path), "config.json")
+
+
+def test_update_takes_the_options_of_the_one_record() -> None:
+    """``update``'s click options are generated from memo_edge.options.UpdateOptions (as POST /update's query)."""
+    from memo_edge.options import UpdateOptions, option_specs
+
+    params = {p.name: p for p in main.commands["update"].params}
+    for spec in option_specs(UpdateOptions):
+        assert (params[spec.name].default, params[spec.name].help) == (spec.default, spec.help), spec.name
+    assert_user_error(invoke("update", ".", "--data", "x", "--seed", "-1"), "-1")  # the record's bound, as over HTTP
+
+
+@pytest.mark.parametrize("command,new,old", [("train", "--train-precision", "--precision"),
+                                             ("update", "--train-precision", "--precision"),
+                                             ("predict", "--graph-precision", "--precision"),
+                                             ("serve", "--graph-precision", "--precision"),
+                                             ("export", "--engine-precision", "--fp16")])
+def test_each_precision_is_named_for_what_it_sets(command: str, new: str, old: str) -> None:
+    text = invoke(command, "--help").output
+    assert new in text and f"{old} " not in text  # the old name works, unlisted
+
+
+def test_a_renamed_option_keeps_its_old_name_with_one_warning() -> None:
+    from click.testing import CliRunner
+
+    from memo_edge.serve.command import renamed_option
+
+    @click.command()
+    @renamed_option("--graph-precision", "precision", old="--precision", type=click.Choice(["auto", "fp32"]),
+                    default="auto", help="graph")
+    @renamed_option("--engine-precision", old="--fp16", old_value="fp16", type=click.Choice(["fp32", "fp16"]),
+                    default="fp32", help="engine")
+    def command(precision: str, engine_precision: str) -> None:
+        click.echo(f"{precision} {engine_precision}")
+
+    result = CliRunner().invoke(command, ["--precision", "fp32", "--fp16"])
+    assert result.exit_code == 0 and result.stdout == "fp32 fp16\n", result.output
+    assert result.stderr.splitlines() == ["warning: --precision is deprecated; use --graph-precision fp32",
+                                          "warning: --fp16 is deprecated; use --engine-precision fp16"]
+    assert CliRunner().invoke(command, ["--graph-precision", "fp32"]).stdout == "fp32 fp32\n"
+    both = CliRunner().invoke(command, ["--precision", "fp32", "--graph-precision", "auto"])
+    assert both.exit_code == 2 and "give one of them" in both.output
+
+
+def test_the_error_contract_is_one_table() -> None:
+    import errno
+
+    from memo_edge.errors import CODES, BudgetError, InputError, InvalidValue, MemoEdgeError, as_error, code_of
+    from memo_edge.runtime.lock import PackageBusyError
+    from memo_edge.runtime.manifest import PackageError, ReadOnlyPackageError
+    from memo_edge.serve.inputs import RequestError
+
+    declared = {MemoEdgeError: "failed", InputError: "bad_input", InvalidValue: "bad_input", BudgetError: "budget",
+                PackageError: "corrupt", ReadOnlyPackageError: "read_only", PackageBusyError: "busy"}
+    for cls, code in declared.items():
+        assert cls.code == code and code in CODES
+        # What the user can fix exits 2 (click's code for bad invocations), a failure 1: as before the codes.
+        assert CODES[code].exit_status == (2 if issubclass(cls, InputError) else 1)
+    assert issubclass(InvalidValue, ValueError)  # the house style of argument checks, still caught as one
+    assert RequestError("too_large", "x").status == 413 and PackageError("x", code="conflict").code == "conflict"
+    with pytest.raises(ValueError, match="unknown error code"):
+        MemoEdgeError("x", code="oops")
+    assert as_error(ModuleNotFoundError("no torch", name="torch"), "update").code == "missing_extra"
+    assert code_of(OSError(errno.EROFS, "Read-only file system", "/pkg")) == "read_only"
+    assert code_of(OSError(errno.ENOSPC, "No space left on device")) == "no_space"
+    assert code_of(RuntimeError("a bug")) == "internal" and as_error(KeyError("x")) is None

@@ -36,7 +36,7 @@ def test_precision_resolution_on_the_cpu() -> None:
 
 def test_fp16_on_the_cpu_is_refused_in_one_line(tmp_path: Path) -> None:
     result = invoke("train", "--out", tmp_path / "run", "--backbone", "resnet8", "--init-epochs", "1", "--epochs", "1",
-                    "--device", "cpu", "--precision", "fp16")
+                    "--device", "cpu", "--train-precision", "fp16")
     assert result.exit_code == 2, result.output
     assert "Traceback" not in result.output and "fp16 needs a CUDA GPU" in result.output
     assert len(result.output.strip().splitlines()) == 1
@@ -211,7 +211,7 @@ def test_bf16_trains_in_two_processes(tmp_path: Path) -> None:
     out = tmp_path / "run"
     args = ["train", "--dataset", "digits", "--classes", "4", "--scenario", "B0Inc2", "--memory", "40",
             "--backbone", "resnet8", "--init-epochs", "1", "--epochs", "1", "--batch-size", "32", "--device", "cpu",
-            "--precision", "bf16", "--stack-frozen", "--nproc", "2", "--out", str(out)]
+            "--train-precision", "bf16", "--stack-frozen", "--nproc", "2", "--out", str(out)]
     done = subprocess.run([sys.executable, "-m", "memo_edge", *args], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     results = json.loads((out / "results.json").read_text())

@@ -24,6 +24,7 @@ with warnings.catch_warnings():  # starlette >= 1.x suggests httpx2 for its Test
     from starlette.testclient import TestClient
 
 from conftest import free_port, npy, npz, png, served, tree_digest
+from memo_edge.errors import http_status
 from memo_edge.runtime.lock import writer_lock
 from memo_edge.runtime.package import open_package
 from memo_edge.runtime.predict import load, read_inputs
@@ -328,3 +329,23 @@ def test_the_service_imports_no_torch() -> None:
             "or m.startswith(('memo_edge.export', 'memo_edge.device', 'memo_edge.train', 'memo_edge.model')))\n"
             "assert not bad, bad\n")
     subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ})
+
+
+def test_every_error_body_carries_its_stable_code(pkg: Path) -> None:
+    """{"error": ..., "code": ...} with the code's status, Starlette's own 404 and 405 included."""
+    auth = {"Authorization": "Bearer s3cret"}
+    with TestClient(create_app(pkg, backend="ort-cpu", token="s3cret")) as client:
+        cases = [
+            (401, "unauthorized", client.get("/info")),
+            (404, "not_found", client.get("/no-such-endpoint", headers=auth)),
+            (405, "bad_method", client.get("/predict", headers=auth)),
+            (404, "not_found", client.get("/jobs/nope", headers=auth)),
+            (400, "bad_input", client.post("/predict?top=\u00b2", content=npy(images(1)),
+                                           headers={**auth, "content-type": "application/x-npy"})),
+            (415, "unsupported_media", client.post("/predict", content=b"x", headers={**auth, "content-type": "text/plain"})),
+            (409, "conflict", client.post("/rollback", headers=auth)),  # version 1 has no parent
+            (400, "bad_input", client.post("/update?lr=1", content=b"x", headers=auth)),
+        ]
+        for status, code, r in cases:
+            assert (r.status_code, r.json()["code"]) == (status, code), r.text
+            assert http_status(code) == status and len(r.json()["error"].splitlines()) == 1

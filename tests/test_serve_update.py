@@ -29,6 +29,7 @@ with warnings.catch_warnings():  # starlette >= 1.x suggests httpx2 for its Test
     from starlette.testclient import TestClient
 
 from conftest import UPDATE, invoke, npy, npz, png, served, tree_digest
+from memo_edge.errors import InputError, http_status
 from memo_edge.runtime.check import check_package
 from memo_edge.runtime.lock import writer_lock
 from memo_edge.runtime.package import open_package
@@ -186,6 +187,7 @@ def test_refused_updates_are_4xx_json_and_change_nothing(pkg: Path, base: dict[s
         for status, message, body, kind, query in cases:
             r = client.post(f"/update?{query}", content=body, headers={"content-type": kind})
             assert r.status_code == status and message in r.json()["error"], (message, r.status_code, r.text)
+            assert http_status(r.json()["code"]) == status, r.text  # the stable code, the status from it
             assert len(r.json()["error"].splitlines()) == 1 and "Traceback" not in r.text
             assert ".memo-edge-upload" not in r.text  # the upload's temporary path means nothing to the client
         with writer_lock(pkg, "rollback"):  # another writer at work: 409, naming it
@@ -294,15 +296,36 @@ def test_a_killed_training_child_fails_its_job_and_the_service_carries_on(pkg: P
 
 
 def test_update_options_map_to_the_update_command() -> None:
-    from memo_edge.serve.jobs import UpdateOptions
+    from memo_edge.options import UpdateOptions
 
-    assert UpdateOptions.from_query({}).args() == ["--epochs", "30", "--batch-size", "128", "--schedule", "cosine",
-                                                   "--seed", "1993", "--freeze-base", "--precision", "fp32",
+    assert UpdateOptions.from_query({}).argv() == ["--epochs", "30", "--batch-size", "128", "--schedule", "cosine",
+                                                   "--seed", "1993", "--freeze-base", "--train-precision", "fp32",
                                                    "--codec-mix", "0.0"]
     options = UpdateOptions.from_query({"epochs": "3", "train_base": "true", "int8": "false", "schedule": "step",
-                                        "precision": "bf16", "codec_mix": "0.25"})
-    assert options.args() == ["--epochs", "3", "--batch-size", "128", "--schedule", "step", "--seed", "1993",
-                              "--train-base", "--no-int8", "--precision", "bf16", "--codec-mix", "0.25"]
+                                        "train_precision": "bf16", "codec_mix": "0.25"})
+    assert options.argv() == ["--epochs", "3", "--batch-size", "128", "--schedule", "step", "--seed", "1993",
+                              "--train-base", "--no-int8", "--train-precision", "bf16", "--codec-mix", "0.25"]
     for bad in ("1.5", "-0.1", "nan", "half"):
-        with pytest.raises(RequestError, match="codec_mix"):
+        with pytest.raises(InputError, match="codec_mix"):
             UpdateOptions.from_query({"codec_mix": bad})
+    for bad in ("\u00b2", "\u0663", "+3", " 3", "3.0", "-1"):  # ASCII digits only: "²" and "٣" pass str.isdigit()
+        with pytest.raises(InputError, match="epochs=.*expected a whole number >= 1"):
+            UpdateOptions.from_query({"epochs": bad})
+    old = []  # the old name of train_precision still works, and is heard as old
+    assert UpdateOptions.from_query({"precision": "bf16"}, on_old=lambda *names: old.append(names)).train_precision == "bf16"
+    assert old == [("precision", "train_precision")]
+    with pytest.raises(InputError, match="once"):
+        UpdateOptions.from_query({"precision": "bf16", "train_precision": "fp32"})
+    with pytest.raises(InputError, match="device"):  # the service's own choice, not a client's
+        UpdateOptions.from_query({"device": "cpu"})
+
+
+def test_a_failed_update_says_its_code_in_its_json_event(pkg: Path, base: dict[str, Path]) -> None:
+    """The child's failed event carries the stable code the service turns into a status."""
+    with writer_lock(pkg, "rollback"):
+        busy = invoke("update", pkg, "--data", f"npz:{base['task5']}", "--json", *UPDATE)
+    clash = invoke("update", pkg, "--data", f"npz:{base['root'] / 'first6'}", "--json", *UPDATE)  # classes it has
+    for result, code in ((busy, "busy"), (clash, "bad_input")):
+        assert result.exit_code == 2, result.output
+        event = json.loads(result.stdout.splitlines()[-1])
+        assert event["event"] == "failed" and event["code"] == code, event

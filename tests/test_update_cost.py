@@ -15,6 +15,7 @@ from safetensors.torch import load_file, save
 
 import memo_edge.device.update as update_module
 from memo_edge.device.update import UpdateConfig, update_package
+from memo_edge.options import UpdateOptions
 from memo_edge.export.exporter import exemplar_tasks, model_blobs, model_manifest, package_model, weight_blobs
 from memo_edge.memory.exemplars import ExemplarSet
 from memo_edge.model import MemoNet
@@ -67,7 +68,7 @@ def _new_classes(root: Path, tag: str = "new") -> str:
 
 
 def _config(pkg: Path, data: str, **kw) -> UpdateConfig:
-    return UpdateConfig(pkg, data, epochs=1, batch_size=16, device="cpu", verify_images=16, **kw)
+    return UpdateConfig(pkg, data, UpdateOptions(epochs=1, batch_size=16, device="cpu", **kw), verify_images=16)
 
 
 def _stat(path: Path) -> tuple[int, int]:

@@ -21,7 +21,7 @@ from safetensors.torch import load_file
 
 from memo_edge.data.datasets import folder_source, load_dataset
 from memo_edge.data.sources import FolderSource, ImageSource, warn_resized
-from memo_edge.errors import InputError
+from memo_edge.errors import BudgetError, InputError
 from memo_edge.export.exporter import exemplar_tasks, model_blobs, model_manifest
 from memo_edge.export.quantize import calibration_images
 from memo_edge.export.verify import verify_package
@@ -29,6 +29,7 @@ from memo_edge.memory.alignment import count_parameters
 from memo_edge.memory.codec import RAW, parse_codec
 from memo_edge.memory.policy import MemoryPolicy
 from memo_edge.model import MemoNet, create_backbone
+from memo_edge.options import UpdateOptions
 from memo_edge.runtime.manifest import Manifest, Role
 from memo_edge.runtime.package import PackageVersion
 from memo_edge.runtime.writer import PackageWriter
@@ -47,16 +48,8 @@ Event = Callable[[dict], None]  # progress for another process: {"event": "check
 class UpdateConfig:
     package: Path
     data: str  # npz:DIR, imagefolder:DIR (its train/ split), or DIR of class folders
-    epochs: int = 30
-    batch_size: int = 128
-    schedule: str = "cosine"
-    train_base: bool = False  # on the device the trunk stays frozen unless asked
-    device: str | None = None
-    seed: int = 1993
+    options: UpdateOptions = UpdateOptions()  # memo_edge/options.py: the CLI's and POST /update's options
     verify_images: int = 256
-    int8: bool | None = None  # an int8 full graph in the new version; None: if the current version has one
-    precision: str = "fp32"  # autocast of training (memo_edge.train.precision); weights stay float32
-    codec_mix: float = 0.0  # probability that a new training image is seen through the package's lossy codec
 
 
 def branch_bytes(manifest: Manifest) -> int:
@@ -75,7 +68,7 @@ def check_budget(manifest: Manifest, new_classes: int) -> None:
     needed = model_after + seen * each
     if needed > b.total_bytes:
         about = "" if b.codec == "raw" else f", {each:,} B each as {b.codec} on average"
-        raise InputError(
+        raise BudgetError(
             f"the budget cannot fit another task: model {model_after:,} B + one exemplar for each of {seen} classes "
             f"({seen * each:,} B{about}) needs {needed:,} B of {b.total_bytes:,} B; "
             f"{needed - b.total_bytes:,} B missing. Nothing was changed."
@@ -154,22 +147,23 @@ def _update(config: UpdateConfig, writer: PackageWriter, on_event: Event) -> Non
     version = writer.current
     if version is None:
         raise RuntimeError("an update appends to a package: PackageWriter.append, not create")
+    opts = config.options
     m = version.manifest
     new_data, new_names = load_new_classes(config.data, m)
     check_budget(m, len(new_names))
-    if config.int8 and m.file(Role.FULL) is None:
+    if opts.int8 and m.file(Role.FULL) is None:
         raise InputError(f"{config.package}: --int8 quantizes the full graph, which this package does not have")
     augment = m.model.augment
     # Checked here, before any work (fp16 on a CPU, --codec-mix under a lossless codec, ...).
-    plan = plan_tasks(TaskOptions(epochs=config.epochs, batch_size=config.batch_size, schedule=config.schedule,
-                                  precision=config.precision, codec_mix=config.codec_mix),
+    plan = plan_tasks(TaskOptions(epochs=opts.epochs, batch_size=opts.batch_size, schedule=opts.schedule,
+                                  precision=opts.train_precision, codec_mix=opts.codec_mix),
                       Transforms.of(augment, m.input.mean, m.input.std, m.input.height),
-                      memory=MemoryPolicy("bytes", m.budget.total_bytes), train_base=config.train_base,
-                      device=select_device(config.device), codec=parse_codec(m.budget.codec))
+                      memory=MemoryPolicy("bytes", m.budget.total_bytes), train_base=opts.train_base,
+                      device=select_device(opts.device), codec=parse_codec(m.budget.codec))
     on_event({"event": "checked", "version": m.version, "classes": list(new_names), "images": len(new_data),
-              "epochs": config.epochs})
-    torch.manual_seed(config.seed)
-    generator = torch.Generator().manual_seed(config.seed)
+              "epochs": opts.epochs})
+    torch.manual_seed(opts.seed)
+    generator = torch.Generator().manual_seed(opts.seed)
     model = _load_model(version)
     exemplars, _ = version.exemplars()
     known = len(m.class_names)
@@ -184,17 +178,17 @@ def _update(config: UpdateConfig, writer: PackageWriter, on_event: Event) -> Non
     manifest = model_manifest(writer.version, model, result.exemplars, spec=m.input,
                               class_names=(*m.class_names, *new_names), augment=augment,
                               total_budget_bytes=m.budget.total_bytes,
-                              source={**m.source, "update": {"data": config.data, "epochs": config.epochs,
-                                                             "train_base": config.train_base, "precision": plan.precision,
+                              source={**m.source, "update": {"data": config.data, "epochs": opts.epochs,
+                                                             "train_base": opts.train_base, "precision": plan.precision,
                                                              **_codec_report(result)}})
     new_task = model.num_branches - 1
     # An int8 full graph is re-made from the new float graph, calibrated on the new exemplars.
-    int8 = m.file(Role.FULL_INT8) is not None if config.int8 is None else config.int8
+    int8 = m.file(Role.FULL_INT8) is not None if opts.int8 is None else opts.int8
     calibration = calibration_images(result.exemplars.images, result.exemplars.labels) if int8 else None
     # The complement of what the writer keeps (Role.kept_by_update): the new branch, the trunk if trained.
-    blobs = model_blobs(model, m.input, branches=[new_task], trunk=config.train_base,
+    blobs = model_blobs(model, m.input, branches=[new_task], trunk=opts.train_base,
                         full=m.file(Role.FULL) is not None, int8_calibration=calibration)
-    rng = np.random.default_rng(config.seed)
+    rng = np.random.default_rng(opts.seed)
     sample = rng.permutation(len(new_data))[: config.verify_images // 2]
     images = np.concatenate([new_data.take(np.sort(sample)), result.exemplars.images[: config.verify_images // 2]])
 
@@ -206,4 +200,4 @@ def _update(config: UpdateConfig, writer: PackageWriter, on_event: Event) -> Non
         return verify_package(candidate, model, images, graphs=written) | {"images_from": "new task data + exemplars"}
 
     writer.commit(manifest, result.exemplars, exemplar_tasks(result.exemplars, manifest.task_classes), blobs=blobs,
-                  keep=writer.kept_files(train_base=config.train_base), verify=verify)
+                  keep=writer.kept_files(train_base=opts.train_base), verify=verify)

@@ -24,6 +24,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from memo_edge.errors import InvalidValue
+
 __all__ = ["Codec", "CodecError", "RAW", "StoredForms", "parse_codec", "CODEC_HELP"]
 
 CODEC_HELP = "raw, png, jpeg:Q or webp:Q (quality 1-100)"
@@ -219,14 +221,14 @@ def parse_codec(spec: str) -> Codec:
     """``raw``, ``png``, ``jpeg:Q`` or ``webp:Q``; a ValueError says what is accepted."""
     match = _SPEC.match(str(spec).strip().lower())
     if match is None:
-        raise ValueError(f"unknown exemplar codec {spec!r}; choose {CODEC_HELP}")
+        raise InvalidValue(f"unknown exemplar codec {spec!r}; choose {CODEC_HELP}")
     name, quality = match.group(1), match.group(2)
     if name in ("jpeg", "webp"):
         if quality is None or not 1 <= int(quality) <= 100:
-            raise ValueError(f"exemplar codec {spec!r}: {name} needs a quality from 1 to 100, e.g. {name}:75")
+            raise InvalidValue(f"exemplar codec {spec!r}: {name} needs a quality from 1 to 100, e.g. {name}:75")
         return Codec(name, int(quality))
     if quality is not None:
-        raise ValueError(f"exemplar codec {spec!r}: {name} takes no quality")
+        raise InvalidValue(f"exemplar codec {spec!r}: {name} takes no quality")
     return Codec(name)
 
 

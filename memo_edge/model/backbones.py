@@ -23,6 +23,8 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
+from memo_edge.errors import InvalidValue
+
 __all__ = ["Backbone", "BACKBONES", "Part", "StageInfo", "create_backbone", "backbone_names"]
 
 Part = Literal["trunk", "branch"]
@@ -153,7 +155,7 @@ def _cifar_resnet(name: str, depth: int, split: int | None) -> Backbone:
     blocks = (depth - 2) // 6
     split = 2 if split is None else split
     if not 0 <= split <= 2:
-        raise ValueError(f"{name}: split must be 0, 1 or 2 (stages in the trunk; 0 shares nothing), got {split}")
+        raise InvalidValue(f"{name}: split must be 0, 1 or 2 (stages in the trunk; 0 shares nothing), got {split}")
 
     def stage(i: int) -> nn.Sequential:
         in_planes = _CIFAR_WIDTHS[max(i - 1, 0)]
@@ -181,7 +183,7 @@ def _resnet18(name: str, split: int | None) -> Backbone:
 
     split = 3 if split is None else split
     if not 0 <= split <= 3:
-        raise ValueError(f"{name}: split must be 0, 1, 2 or 3 (layers in the trunk; 0 shares nothing), got {split}")
+        raise InvalidValue(f"{name}: split must be 0, 1, 2 or 3 (layers in the trunk; 0 shares nothing), got {split}")
     layers = [f"layer{i}" for i in range(1, 5)]
 
     def stem(net: nn.Module) -> list[nn.Module]:
@@ -225,5 +227,5 @@ def create_backbone(name: str, *, split: int | None = None) -> Backbone:
     try:
         factory = BACKBONES[name]
     except KeyError:
-        raise ValueError(f"unknown backbone {name!r}; choose from {', '.join(BACKBONES)}") from None
+        raise InvalidValue(f"unknown backbone {name!r}; choose from {', '.join(BACKBONES)}") from None
     return factory(split)

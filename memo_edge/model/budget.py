@@ -14,6 +14,7 @@ import numpy as np
 
 from memo_edge.data.datasets import load_dataset
 from memo_edge.data.scenario import build_scenario, parse_scenario
+from memo_edge.errors import InvalidValue
 from memo_edge.memory.alignment import (
     aligned_table,
     der_total_bytes,
@@ -51,17 +52,17 @@ def codec_mean_bytes(req: BudgetRequest, codec: Codec) -> dict[str, Any] | None:
     raw = req.image_size * req.image_size * req.channels
     if codec.fixed_size(raw) is not None:  # nothing to measure
         if req.codec_data or req.codec_bytes:
-            raise ValueError("--codec-data and --codec-bytes size an --exemplar-codec other than raw")
+            raise InvalidValue("--codec-data and --codec-bytes size an --exemplar-codec other than raw")
         return None
     if (req.codec_data is None) == (req.codec_bytes is None):
-        raise ValueError(f"--exemplar-codec {codec}: give --codec-data DATASET to measure its mean size, or "
+        raise InvalidValue(f"--exemplar-codec {codec}: give --codec-data DATASET to measure its mean size, or "
                          f"--codec-bytes B to state it (raw is {raw:,} B)")
     if req.codec_bytes is not None:
         return {"mean_bytes": req.codec_bytes, "source": f"stated (--codec-bytes {req.codec_bytes})"}
     data = load_dataset(req.codec_data, image_size=req.image_size if req.codec_data.startswith("imagefolder:") else None)
     shape = (req.image_size, req.image_size, req.channels)
     if data.image_shape != shape:
-        raise ValueError(f"--codec-data {req.codec_data}: images are {data.image_shape}, the budget is for {shape}")
+        raise InvalidValue(f"--codec-data {req.codec_data}: images are {data.image_shape}, the budget is for {shape}")
     pick = np.sort(np.random.default_rng(0).permutation(len(data.train))[: req.codec_samples])
     sizes = [len(blob) for blob in codec.encode_many(data.train.take(pick))]
     mean = int(np.ceil(np.mean(sizes)))

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from memo_edge.errors import InvalidValue
 from memo_edge.memory.alignment import der_total_bytes, exemplars_that_fit
 from memo_edge.model import split_parameter_counts
 
@@ -48,7 +49,7 @@ def get_method(name: str) -> Method:
     try:
         return METHODS[name]
     except KeyError:
-        raise ValueError(f"unknown method {name!r}; choose from {', '.join(METHODS)}") from None
+        raise InvalidValue(f"unknown method {name!r}; choose from {', '.join(METHODS)}") from None
 
 
 def method_model_bytes(method: Method, backbone: str, num_tasks: int, *, split: int | None = None) -> int:

@@ -23,7 +23,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
-from memo_edge.errors import MemoEdgeError
+from memo_edge.errors import InvalidValue, MemoEdgeError
+from memo_edge.options import ENGINE_PRECISIONS as PRECISIONS  # of TensorRT engines
 from memo_edge.utils.io import sha256_file
 
 __all__ = [
@@ -54,7 +55,6 @@ __all__ = [
 if TYPE_CHECKING:
     from memo_edge.runtime.package import FileEntry, PackageVersion
 
-PRECISIONS = ("fp32", "fp16")
 ENGINES_DIR = "engines"
 ENGINE_JSON = "engine.json"
 # Bumped when the key's recipe or engine.json's layout changes, so older caches stop matching
@@ -86,13 +86,13 @@ class ShapeProfile:
         values = (self.min_batch, self.opt_batch, self.max_batch)
         if not all(_is_int(v) for v in values) or not 1 <= self.min_batch <= self.opt_batch <= self.max_batch:
             got = f"min={self.min_batch} opt={self.opt_batch} max={self.max_batch}"
-            raise ValueError(f"shape profile needs integers 1 <= min <= opt <= max, got {got}")
+            raise InvalidValue(f"shape profile needs integers 1 <= min <= opt <= max, got {got}")
 
     def shapes(self, tail: tuple[int, ...]) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
         """Full (min, opt, max) input shapes: the batch sizes in front of ``tail``."""
         tail = tuple(tail)
         if not all(_is_int(d) and d > 0 for d in tail):
-            raise ValueError(f"input shape without the batch dim must be positive integers, got {tail}")
+            raise InvalidValue(f"input shape without the batch dim must be positive integers, got {tail}")
         return (self.min_batch, *tail), (self.opt_batch, *tail), (self.max_batch, *tail)
 
     def to_json(self) -> dict[str, int]:
@@ -107,11 +107,11 @@ class EngineOptions:
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+            raise InvalidValue(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if not isinstance(self.profile, ShapeProfile):
-            raise ValueError(f"profile must be a ShapeProfile, got {type(self.profile).__name__}")
+            raise InvalidValue(f"profile must be a ShapeProfile, got {type(self.profile).__name__}")
         if not _is_int(self.workspace_mib) or self.workspace_mib < 1:
-            raise ValueError(f"workspace_mib must be a positive integer, got {self.workspace_mib!r}")
+            raise InvalidValue(f"workspace_mib must be a positive integer, got {self.workspace_mib!r}")
 
 
 @dataclass(frozen=True)
@@ -144,11 +144,11 @@ class GraphSpec:
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not _NAME_RE.fullmatch(self.name):
-            raise ValueError(f"graph name must be letters, digits, '.', '_' or '-' (it names a file), got {self.name!r}")
+            raise InvalidValue(f"graph name must be letters, digits, '.', '_' or '-' (it names a file), got {self.name!r}")
         if not isinstance(self.onnx_sha256, str) or not _SHA_RE.fullmatch(self.onnx_sha256):
-            raise ValueError(f"onnx_sha256 of {self.name} must be 64 lower-case hex digits, got {self.onnx_sha256!r}")
+            raise InvalidValue(f"onnx_sha256 of {self.name} must be 64 lower-case hex digits, got {self.onnx_sha256!r}")
         if not self.input_name:
-            raise ValueError(f"graph {self.name} needs an input name")
+            raise InvalidValue(f"graph {self.name} needs an input name")
         object.__setattr__(self, "onnx_path", Path(self.onnx_path))
         object.__setattr__(self, "input_tail", tuple(self.input_tail))
         ShapeProfile().shapes(self.input_tail)  # validates the tail once, at construction

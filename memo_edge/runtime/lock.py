@@ -29,6 +29,8 @@ LOCK_FILE = "writer.lock"
 class PackageBusyError(PackageError):
     """Another process is writing the package."""
 
+    code = "busy"
+
 
 def lock_holder(root: Path) -> str:
     """Who holds (or last held) the lock, as words: pid, command, since when."""

@@ -69,9 +69,13 @@ _PLAIN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,200}$")
 class PackageError(InputError):
     """A package that is damaged, from an unknown format, or unsafe to read."""
 
+    code = "corrupt"
+
 
 class ReadOnlyPackageError(PackageError):
     """A write (update, rollback) asked of a package on storage this process cannot write."""
+
+    code = "read_only"
 
 
 @dataclass(frozen=True)

@@ -54,7 +54,8 @@ def rollback(root: Path) -> int:
         require_intact(root)
         current = _current(root, list_versions(root))  # the catalog's parent survives garbage collection
         if current.parent is None:
-            raise PackageError(f"{root}: version {current.version} has no earlier version kept; nothing to roll back to")
+            raise PackageError(f"{root}: version {current.version} has no earlier version kept; nothing to roll back to",
+                               code="conflict")
         target = open_package(root, version=current.parent)  # its files must still be there and intact ...
         target.exemplars()  # ... and its exemplars, which the next update learns from
         with catalog(root, readonly=False) as conn, transaction(conn):

@@ -1,8 +1,9 @@
 """The Starlette app: /predict, /update, /jobs/{id}, /rollback, /health, /ready, /info, /metrics,
 /openapi.json (docs/serve.md).
 
-Every error a client can cause is a 4xx with ``{"error": "<one line>"}``; anything else is a 500 with
-one line (the traceback goes to the log, never to the client).
+Every error body is ``{"error": "<one line>", "code": "<code>"}``, its status the code's
+(``memo_edge.errors.CODES``): a client's mistake is a 4xx; anything else a 500 or 503 with one line
+(the traceback goes to the log, never to the client).
 """
 
 from __future__ import annotations
@@ -24,11 +25,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from memo_edge.errors import MemoEdgeError
+from memo_edge.errors import MemoEdgeError, as_error, http_status
+from memo_edge.options import OptionSpec, UpdateOptions
 from memo_edge.runtime.versions import rollback
 from memo_edge.serve.batcher import Batcher
 from memo_edge.serve.inputs import ARRAY_TYPES, Limits, RequestError, decode_array, decode_images
-from memo_edge.serve.jobs import Job, UpdateJobs, UpdateOptions
+from memo_edge.serve.jobs import Job, UpdateJobs
 from memo_edge.serve.metrics import Metrics
 from memo_edge.serve.openapi import openapi_schema
 from memo_edge.serve.state import ServiceState
@@ -61,15 +63,18 @@ def create_app(package: str | Path, *, backend: str = "auto", precision: str = "
                 if auth and expected is not None:
                     given = request.headers.get("authorization", "").encode()
                     if not hmac.compare_digest(given, expected):
-                        raise RequestError(401, "missing or wrong bearer token (Authorization: Bearer <token>)")
+                        raise RequestError("unauthorized",
+                                           "missing or wrong bearer token (Authorization: Bearer <token>)")
                 response = await handler(request)
-            except RequestError as exc:
-                response = _error(exc.status, str(exc))
             except HTTPException as exc:  # starlette's own (a malformed multipart form)
-                response = _error(exc.status_code, str(exc.detail))
+                response = await _http_error(request, exc)
             except Exception as exc:  # noqa: BLE001 - one line to the client, the traceback to the log
-                log.exception("%s failed", name)
-                response = _error(500, f"internal error: {type(exc).__name__}: {exc}".splitlines()[0])
+                error = as_error(exc, "serve")
+                if error is None or error.code in ("internal", "failed"):
+                    log.exception("%s failed", name)
+                if error is None:
+                    error = MemoEdgeError(f"internal error: {type(exc).__name__}: {exc}", code="internal")
+                response = _error(error)
             metrics.requests.labels(name, str(response.status_code)).inc()
             metrics.latency.labels(name).observe(time.perf_counter() - start)
             return response
@@ -83,8 +88,8 @@ def create_app(package: str | Path, *, backend: str = "auto", precision: str = "
         spec = rt.package.manifest.input
         kind = _content_type(request)
         if kind not in (*ARRAY_TYPES, "multipart/form-data"):
-            raise RequestError(415, f"content-type {kind or 'missing'}: send an .npy/.npz array ("
-                               f"{', '.join(ARRAY_TYPES)}) or multipart/form-data with image files in field 'file'")
+            raise RequestError("unsupported_media", f"content-type {kind or 'missing'}: send an .npy/.npz array "
+                               f"({', '.join(ARRAY_TYPES)}) or multipart/form-data with image files in field 'file'")
         with batcher.arriving():  # a batch being formed waits for this request
             if kind in ARRAY_TYPES:
                 body = await _read_body(request, limits.max_body_bytes)
@@ -100,20 +105,19 @@ def create_app(package: str | Path, *, backend: str = "auto", precision: str = "
             for row, best in zip(result.scores, order)]})
 
     async def do_rollback(request: Request) -> Response:
-        try:
-            version = await asyncio.to_thread(rollback, state.root)
-        except MemoEdgeError as exc:  # a writer at work, nothing to roll back to, read-only storage, damage
-            raise RequestError(409, str(exc)) from None
+        # Refused as the package's errors say: a writer at work (busy), nothing to roll back to (conflict),
+        # read-only storage, damage (corrupt): each a 409.
+        version = await asyncio.to_thread(rollback, state.root)
         await state.swap_to(version)
         return JSONResponse({"version": version})
 
     async def update(request: Request) -> Response:
         with jobs.reservation():  # 409 at once while another update runs or uploads
-            options = UpdateOptions.from_query(request.query_params)
+            options = UpdateOptions.from_query(request.query_params, on_old=_old_parameter)
             kind = _content_type(request)
             if kind not in UPLOAD_TYPES:
-                raise RequestError(415, f"content-type {kind or 'missing'}: send a zip or tar of class folders, or "
-                                   f"an npz with x, y and class_names ({', '.join(UPLOAD_TYPES)})")
+                raise RequestError("unsupported_media", f"content-type {kind or 'missing'}: send a zip or tar of "
+                                   f"class folders, or an npz with x, y and class_names ({', '.join(UPLOAD_TYPES)})")
             workdir = await asyncio.to_thread(upload_dir, state.root)
             try:
                 await _save_body(request, workdir / "upload", upload_limits.max_upload_bytes)
@@ -128,7 +132,7 @@ def create_app(package: str | Path, *, backend: str = "auto", precision: str = "
     async def job_status(request: Request) -> Response:
         job: Job | None = jobs.get(request.path_params["job_id"])
         if job is None:
-            raise RequestError(404, f"no job {request.path_params['job_id']!r} (the service keeps the last 16)")
+            raise RequestError("not_found", f"no job {request.path_params['job_id']!r} (the service keeps the last 16)")
         return JSONResponse(job.describe())
 
     async def health(request: Request) -> Response:
@@ -171,25 +175,41 @@ def create_app(package: str | Path, *, backend: str = "auto", precision: str = "
               Route("/info", endpoint("info", info), methods=["GET"]),
               Route("/metrics", endpoint("metrics", metrics_text), methods=["GET"]),
               Route("/openapi.json", endpoint("openapi", openapi), methods=["GET"])]
-    app = Starlette(routes=routes, lifespan=lifespan)
+    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={HTTPException: _http_error})
     app.state.service, app.state.batcher, app.state.metrics, app.state.jobs = state, batcher, metrics, jobs
     return app
 
 
-def _error(status: int, message: str) -> JSONResponse:
+def _error(error: MemoEdgeError) -> JSONResponse:
+    """Every error body of the service: one line and the error's stable code, at the code's status."""
+    status = http_status(error.code)
     headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
-    return JSONResponse({"error": message}, status_code=status, headers=headers)
+    message = str(error).splitlines()[0] if str(error) else error.code
+    return JSONResponse({"error": message, "code": error.code}, status_code=status, headers=headers)
+
+
+_FRAMEWORK_CODES = {404: "not_found", 405: "bad_method", 413: "too_large", 415: "unsupported_media"}
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    """Starlette's own errors (an unknown path, a method a route does not take, a malformed form) in
+    the service's error body."""
+    assert isinstance(exc, HTTPException)
+    code = _FRAMEWORK_CODES.get(exc.status_code, "bad_input" if exc.status_code < 500 else "internal")
+    response = _error(MemoEdgeError(str(exc.detail), code=code))
+    response.headers.update(exc.headers or {})
+    return response
+
+
+def _old_parameter(old: str, new: str) -> None:
+    log.warning("POST /update: the query parameter %s is deprecated; use %s", old, new)
+
+
+_TOP = OptionSpec("top", int, 1, "classes per image", least=1)
 
 
 def _top(request: Request) -> int:
-    raw = request.query_params.get("top", "1")
-    try:
-        top = int(raw)
-    except ValueError:
-        top = 0
-    if top < 1:
-        raise RequestError(400, f"top={raw!r}: expected a whole number >= 1")
-    return top
+    return _TOP.parse(request.query_params.get("top", "1"))  # an InputError: bad_input, 400
 
 
 def _content_type(request: Request) -> str:
@@ -198,13 +218,13 @@ def _content_type(request: Request) -> str:
 
 async def _bounded_body(request: Request, limit: int) -> AsyncIterator[bytes]:
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise RequestError(413, f"the body has {int(declared):,} bytes; at most {limit:,}")
+    if declared is not None and declared.isascii() and declared.isdigit() and int(declared) > limit:
+        raise RequestError("too_large", f"the body has {int(declared):,} bytes; at most {limit:,}")
     size = 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
-            raise RequestError(413, f"the body has more than {limit:,} bytes; at most {limit:,}")
+            raise RequestError("too_large", f"the body has more than {limit:,} bytes; at most {limit:,}")
         yield chunk
 
 
@@ -240,15 +260,15 @@ async def _read_files(request: Request, limits: Limits) -> list[tuple[str, bytes
         form = await form_request.form(max_files=limits.max_images + 1, max_fields=limits.max_images + 16)
     except HTTPException as exc:
         if "too many" in str(exc.detail).lower():
-            raise RequestError(413, f"more than {limits.max_images} images in one request; at most "
+            raise RequestError("too_large", f"more than {limits.max_images} images in one request; at most "
                                f"{limits.max_images}") from None
-        raise RequestError(400, f"multipart form: {exc.detail}") from None
+        raise RequestError("bad_input", f"multipart form: {exc.detail}") from None
     try:
         uploads = form.getlist("file")
         if any(isinstance(u, str) for u in uploads):
-            raise RequestError(400, "field 'file' must hold image files, not text")
+            raise RequestError("bad_input", "field 'file' must hold image files, not text")
         if len(uploads) > limits.max_images:
-            raise RequestError(413, f"{len(uploads)} images in one request; at most {limits.max_images}")
+            raise RequestError("too_large", f"{len(uploads)} images in one request; at most {limits.max_images}")
         return [(u.filename or f"file {i}", await u.read()) for i, u in enumerate(uploads)]
     finally:
         await form.close()

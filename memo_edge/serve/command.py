@@ -1,17 +1,53 @@
 """The ``memo-edge serve`` command: parses, then calls ``memo_edge.serve.server.serve``; and the
-``--backend``/``--precision`` options it shares with ``predict`` and ``bench`` (defined here, once,
+``--backend``/``--graph-precision`` options it shares with ``predict`` and ``bench`` (defined here, once,
 because serve may not import ``memo_edge/cli.py``, which adds this command with ``main.add_command``).
-It imports click only, so ``memo-edge --help`` never needs the [serve] extra.
+It imports click and the torch-free option modules only, so ``memo-edge --help`` never needs the
+[serve] extra.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import click
+from click.core import ParameterSource
 
-__all__ = ["serve", "backend_option", "precision_option"]
+from memo_edge.options import GRAPH_PRECISIONS
+
+__all__ = ["serve", "backend_option", "graph_precision_option", "renamed_option"]
+
+Decorator = Callable[[Any], Any]
+
+
+def renamed_option(*decls: str, old: str, old_value: str | None = None, **attrs: Any) -> Decorator:
+    """``click.option(*decls, **attrs)`` that also takes its old name ``old``, hidden from the help: the
+    old name prints one deprecation line on stderr and sets the option. ``old_value``: the old name was
+    a flag meaning this value (``--fp16`` for ``--engine-precision fp16``)."""
+    new = decls[0]
+
+    def remember(ctx: click.Context, param: click.Parameter, value: Any) -> None:
+        if value is None or value is False:
+            return
+        value = old_value if old_value is not None else value
+        click.echo(f"warning: {old} is deprecated; use {new} {value}", err=True)
+        ctx.meta[("renamed", new)] = value
+
+    def prefer_old(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+        if ("renamed", new) not in ctx.meta:
+            return value
+        given = ctx.meta[("renamed", new)]
+        if ctx.get_parameter_source(param.name or "") == ParameterSource.COMMANDLINE and value != given:
+            raise click.UsageError(f"{old} is the old name of {new}: give one of them")
+        return given
+
+    old_option = click.option(old, f"_renamed_{new.lstrip('-').replace('-', '_')}", hidden=True, is_eager=True,
+                              help=f"Deprecated: {new}.",
+                              expose_value=False, callback=remember,
+                              **({"is_flag": True} if old_value is not None else {"type": attrs.get("type")}))
+    new_option = click.option(*decls, callback=prefer_old, **attrs)
+    return lambda f: old_option(new_option(f))
 
 
 def backend_option(f: Any) -> Any:
@@ -19,9 +55,11 @@ def backend_option(f: Any) -> Any:
                         help="auto, tensorrt, ort-trt, ort-cuda or ort-cpu (auto: the fastest available).")(f)
 
 
-def precision_option(f: Any) -> Any:
-    return click.option("--precision", type=click.Choice(["auto", "fp32", "int8"]), default="auto", show_default=True,
-                        help="ort-cpu: the package's int8 graph (export --int8) or float32; auto: int8 when present.")(f)
+def graph_precision_option(f: Any) -> Any:
+    return renamed_option("--graph-precision", "precision", old="--precision", type=click.Choice(GRAPH_PRECISIONS),
+                          default="auto", show_default=True,
+                          help="ort-cpu: the package's int8 graph (export --int8) or float32; auto: int8 when "
+                          "present.")(f)
 
 
 @click.command()
@@ -30,7 +68,7 @@ def precision_option(f: Any) -> Any:
               help="Address to bind; any other than loopback needs --token-file.")
 @click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True, help="TCP port.")
 @backend_option
-@precision_option
+@graph_precision_option
 @click.option("--max-batch", type=click.IntRange(min=1), default=32, show_default=True,
               help="Most images coalesced into one backend call.")
 @click.option("--max-delay-ms", type=click.FloatRange(min=0), default=5.0, show_default=True,

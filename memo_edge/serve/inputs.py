@@ -14,7 +14,7 @@ import numpy as np
 from PIL import Image
 
 from memo_edge.data.sources import resize_center_crop  # the one resize rule of image files
-from memo_edge.errors import InputError
+from memo_edge.errors import MemoEdgeError, http_status
 from memo_edge.runtime.package import InputSpec
 from memo_edge.runtime.predict import as_image_batch
 
@@ -30,23 +30,24 @@ class Limits:
     max_pixels: int = 40_000_000  # per image file, before resizing (a decompression bomb is refused)
 
 
-class RequestError(Exception):
-    """A bad request: an HTTP status and one line for the client."""
+class RequestError(MemoEdgeError):
+    """A request the service refuses: a code of ``memo_edge.errors.CODES`` (its HTTP status from there)
+    and one line for the client."""
 
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message, code=code)
+
+    @property
+    def status(self) -> int:
+        return http_status(self.code)
 
 
 def _check(x: np.ndarray, spec: InputSpec, limits: Limits) -> np.ndarray:
     if x.ndim >= 1 and len(x) > limits.max_images:
-        raise RequestError(413, f"{len(x)} images in one request; at most {limits.max_images}")
-    try:
-        x = as_image_batch(x, spec)
-    except InputError as exc:
-        raise RequestError(400, str(exc)) from None
+        raise RequestError("too_large", f"{len(x)} images in one request; at most {limits.max_images}")
+    x = as_image_batch(x, spec)  # an InputError: bad_input, 400
     if len(x) == 0:
-        raise RequestError(400, "no images in the request")
+        raise RequestError("bad_input", "no images in the request")
     return x
 
 
@@ -57,30 +58,31 @@ def decode_array(body: bytes, spec: InputSpec, limits: Limits) -> np.ndarray:
         if isinstance(data, np.lib.npyio.NpzFile):
             with data:
                 if "x" not in data.files:
-                    raise RequestError(400, f"the npz holds {sorted(data.files)}; send the images as 'x'")
+                    raise RequestError("bad_input", f"the npz holds {sorted(data.files)}; send the images as 'x'")
                 data = data["x"]
     except RequestError:
         raise
     except (OSError, ValueError, EOFError, KeyError) as exc:
-        raise RequestError(400, f"the body is not a .npy or .npz array of images ({exc})") from None
+        raise RequestError("bad_input", f"the body is not a .npy or .npz array of images ({exc})") from None
     return _check(data, spec, limits)
 
 
 def decode_images(files: list[tuple[str, bytes]], spec: InputSpec, limits: Limits) -> np.ndarray:
     """Image files (name, bytes), resized as the package reads image files; RGB only."""
     if not files:
-        raise RequestError(400, "no image files: send them as multipart field 'file' (repeatable)")
+        raise RequestError("bad_input", "no image files: send them as multipart field 'file' (repeatable)")
     if len(files) > limits.max_images:
-        raise RequestError(413, f"{len(files)} images in one request; at most {limits.max_images}")
+        raise RequestError("too_large", f"{len(files)} images in one request; at most {limits.max_images}")
     out = np.empty((len(files), spec.height, spec.width, 3), np.uint8)
     for k, (name, data) in enumerate(files):
         try:
             with Image.open(io.BytesIO(data)) as im:
                 if im.width * im.height > limits.max_pixels:
-                    raise RequestError(413, f"{name}: {im.width}x{im.height} pixels; at most {limits.max_pixels:,}")
+                    raise RequestError("too_large",
+                                       f"{name}: {im.width}x{im.height} pixels; at most {limits.max_pixels:,}")
                 out[k] = resize_center_crop(im.convert("RGB"), spec.file_resize, spec.height)
         except RequestError:
             raise
         except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
-            raise RequestError(400, f"{name}: cannot read image ({exc})") from None
+            raise RequestError("bad_input", f"{name}: cannot read image ({exc})") from None
     return _check(out, spec, limits)

@@ -21,83 +21,22 @@ import shutil
 import signal
 import sys
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from memo_edge.errors import CODES
+from memo_edge.options import UpdateOptions
 from memo_edge.serve.inputs import RequestError
 from memo_edge.utils.process import child_env
 
-__all__ = ["UpdateOptions", "Job", "UpdateJobs"]
+__all__ = ["Job", "UpdateJobs"]
 
 log = logging.getLogger(__name__)
 NICENESS = 10  # below the service, so training takes the CPU time predictions leave
 _STOP_GRACE_S = 10.0
-
-
-@dataclass(frozen=True)
-class UpdateOptions:
-    """The ``memo-edge update`` options a client may set (query parameters of ``POST /update``)."""
-
-    epochs: int = 30
-    batch_size: int = 128
-    schedule: str = "cosine"
-    seed: int = 1993
-    train_base: bool = False
-    int8: bool | None = None  # None: as the package has it
-    precision: str = "fp32"
-    codec_mix: float = 0.0  # probability of seeing a new image through the package's lossy exemplar codec
-
-    @classmethod
-    def from_query(cls, params: Mapping[str, str]) -> UpdateOptions:
-        accepted = ("epochs", "batch_size", "schedule", "seed", "train_base", "int8", "precision", "codec_mix")
-        unknown = sorted(set(params) - set(accepted))
-        if unknown:
-            raise RequestError(400, f"unknown parameter {unknown[0]!r}; accepted: {', '.join(accepted)}")
-        d = cls()
-        epochs = _whole(params, "epochs", d.epochs, 1)
-        batch_size = _whole(params, "batch_size", d.batch_size, 2)
-        seed = _whole(params, "seed", d.seed, 0)
-        schedule = params.get("schedule", d.schedule)
-        if schedule not in ("cosine", "step"):
-            raise RequestError(400, f"schedule={schedule!r}: expected cosine or step")
-        precision = params.get("precision", d.precision)
-        if precision not in ("fp32", "bf16", "fp16", "auto"):
-            raise RequestError(400, f"precision={precision!r}: expected fp32, bf16, fp16 or auto")
-        try:
-            codec_mix = float(params.get("codec_mix", d.codec_mix))
-        except ValueError:
-            codec_mix = -1.0
-        if not 0.0 <= codec_mix <= 1.0:
-            raise RequestError(400, f"codec_mix={params.get('codec_mix')!r}: expected a probability from 0 to 1")
-        return cls(epochs, batch_size, schedule, seed, bool(_flag(params, "train_base")), _flag(params, "int8"),
-                   precision, codec_mix)
-
-    def args(self) -> list[str]:
-        int8 = [] if self.int8 is None else ["--int8" if self.int8 else "--no-int8"]
-        return ["--epochs", str(self.epochs), "--batch-size", str(self.batch_size), "--schedule", self.schedule,
-                "--seed", str(self.seed), "--train-base" if self.train_base else "--freeze-base", *int8,
-                "--precision", self.precision, "--codec-mix", repr(self.codec_mix)]
-
-
-def _flag(params: Mapping[str, str], name: str) -> bool | None:
-    raw = params.get(name)
-    if raw is None:
-        return None
-    if raw.lower() not in ("true", "false", "1", "0"):
-        raise RequestError(400, f"{name}={raw!r}: expected true or false")
-    return raw.lower() in ("true", "1")
-
-
-def _whole(params: Mapping[str, str], name: str, default: int, least: int) -> int:
-    raw = params.get(name)
-    if raw is None:
-        return default
-    if not raw.isdigit() or int(raw) < least:
-        raise RequestError(400, f"{name}={raw!r}: expected a whole number >= {least}")
-    return int(raw)
 
 
 def _now() -> str:
@@ -119,7 +58,7 @@ class Job:
     epoch: int = 0
     loss: float | None = None
     error: str | None = None  # one line, when it failed
-    failed_kind: str | None = None  # the exception's class name, when the child said
+    code: str | None = None  # the error's stable code (memo_edge.errors.CODES), when it failed
 
     @property
     def done(self) -> bool:
@@ -135,7 +74,8 @@ class Job:
     def describe(self) -> dict[str, Any]:
         return {"id": self.id, "state": self.state, "classes": self.classes, "images": self.images,
                 "progress": {"epoch": self.epoch, "epochs": self.options.epochs, "loss": self.loss},
-                "parent": self.parent, "version": self.version, "error": self.error, "pid": self.pid,
+                "parent": self.parent, "version": self.version, "error": self.error, "code": self.code,
+                "pid": self.pid,
                 "started": self.started, "finished": self.finished}
 
 
@@ -166,7 +106,7 @@ class UpdateJobs:
         if self._reserved or self._running is not None:
             running = self.running
             what = f"job {running.id} is {running.state}" if running else "another update is being uploaded"
-            raise RequestError(409, f"an update is already running ({what}); one at a time")
+            raise RequestError("busy", f"an update is already running ({what}); one at a time")
         self._reserved = True
         try:
             yield
@@ -178,14 +118,14 @@ class UpdateJobs:
 
         Takes ``workdir`` (the unpacked upload): it is removed when the job ends. A refused update is
         a ``RequestError`` naming why (409 when another writer holds the package), and no job."""
-        argv = [*self.command, str(self.root), "--data", data, "--json", *options.args()]
+        argv = [*self.command, str(self.root), "--data", data, "--json", *options.argv()]
         try:
             proc = await asyncio.create_subprocess_exec(*argv, stdin=asyncio.subprocess.DEVNULL,
                                                         stdout=asyncio.subprocess.PIPE,
                                                         stderr=asyncio.subprocess.PIPE, env=child_env())
         except OSError as exc:
             shutil.rmtree(workdir, ignore_errors=True)
-            raise RequestError(503, f"cannot start the update process ({exc})") from None
+            raise RequestError("unavailable", f"cannot start the update process ({exc})") from None
         with contextlib.suppress(OSError):  # lower priority; nothing is lost where it is not allowed
             os.setpriority(os.PRIO_PROCESS, proc.pid, NICENESS)
         job = Job(uuid.uuid4().hex[:12], options, proc.pid)
@@ -200,7 +140,7 @@ class UpdateJobs:
         await asyncio.shield(checked)  # a client that goes away does not stop the job
         if job.state == "failed" and job.parent is None:  # refused before any work: the request's error
             self._jobs.pop(job.id, None)
-            raise RequestError(_refusal_status(job), job.error or "the update was refused")
+            raise RequestError(job.code or "internal", job.error or "the update was refused")
         shown = ", ".join(job.classes[:8]) + (f" and {len(job.classes) - 8} more" if len(job.classes) > 8 else "")
         log.info("update job %s: %d images of %s, on version %s (pid %d)", job.id, job.images or 0, shown,
                  job.parent, job.pid)
@@ -229,7 +169,8 @@ class UpdateJobs:
                     committed = int(event["version"])
                 elif kind == "failed":  # the upload's temporary path means nothing to the client
                     job.error = str(event.get("error")).replace(data, "the upload").replace(str(workdir), "the upload")
-                    job.failed_kind = str(event.get("kind"))
+                    said = event.get("code")  # the child's; its HTTP status is the one memo_edge.errors gives it
+                    job.code = said if said in CODES else "internal"
             code = await proc.wait()
             await stderr
             if code == 0 and committed is not None:
@@ -244,8 +185,10 @@ class UpdateJobs:
                 job.state = "failed"
                 stopped = "the service stopped before the update finished; nothing was committed"
                 job.error = job.error or (stopped if self._closing else _exit_reason(code, errors))
+                job.code = job.code or ("unavailable" if self._closing else "internal")
         except BaseException as exc:  # the watcher itself failed or was cancelled: never leave "running"
             job.state, job.error = "failed", job.error or f"the service stopped watching the update ({exc!r})"
+            job.code = job.code or "internal"
             raise
         finally:
             job.finished = _now()
@@ -288,14 +231,6 @@ def _parse(raw: bytes) -> dict[str, Any]:
     except ValueError:
         return {}
     return event if isinstance(event, dict) else {}
-
-
-def _refusal_status(job: Job) -> int:
-    if job.failed_kind in ("PackageBusyError", "ReadOnlyPackageError"):
-        return 409  # the package's state, not the upload
-    if job.failed_kind == "ModuleNotFoundError":
-        return 503  # this install cannot train (the [train] extra)
-    return 400 if job.failed_kind is not None else 500
 
 
 def _exit_reason(code: int, stderr: collections.deque[str]) -> str:

@@ -10,6 +10,8 @@ from __future__ import annotations
 from typing import Any
 
 import memo_edge
+from memo_edge.errors import CODES
+from memo_edge.options import OptionSpec, UpdateOptions, option_specs
 from memo_edge.serve.inputs import ARRAY_TYPES, Limits
 from memo_edge.serve.uploads import NPZ_TYPES, TAR_TYPES, ZIP_TYPES, UploadLimits
 
@@ -34,8 +36,28 @@ def _query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any
     return {"name": name, "in": "query", "required": False, "schema": schema, "description": description}
 
 
+def _parameter_schema(spec: OptionSpec) -> dict[str, Any]:
+    if spec.choices:
+        schema: dict[str, Any] = {"enum": list(spec.choices)}
+    else:
+        kind = {int: "integer", float: "number", bool: "boolean"}.get(spec.kind, "boolean" if spec.is_flag else "string")
+        schema = {"type": kind}
+    schema |= {k: v for k, v in (("minimum", spec.least), ("maximum", spec.most), ("default", spec.default))
+               if v is not None}
+    return schema
+
+
+def _update_parameters() -> list[dict[str, Any]]:
+    """POST /update's query: the fields of ``memo_edge.options.UpdateOptions`` a client may set, and
+    the old names still accepted."""
+    specs = [s for s in option_specs(UpdateOptions) if s.http]
+    return ([_query(s.name, _parameter_schema(s), s.help) for s in specs]
+            + [_query(s.old, _parameter_schema(s), f"deprecated: {s.name}") | {"deprecated": True}
+               for s in specs if s.old is not None])
+
+
 def openapi_schema(limits: Limits, upload_limits: UploadLimits, *, token: bool) -> dict[str, Any]:
-    integer, boolean = {"type": "integer"}, {"type": "boolean"}
+    integer = {"type": "integer"}
     job = {"type": "object", "properties": {
         "id": {"type": "string"},
         "state": {"enum": ["checking", "training", "exporting", "succeeded", "failed"]},
@@ -45,7 +67,7 @@ def openapi_schema(limits: Limits, upload_limits: UploadLimits, *, token: bool) 
                                                       "loss": {"type": ["number", "null"]}}},
         "parent": {"type": ["integer", "null"], "description": "the version it learns on top of"},
         "version": {"type": ["integer", "null"], "description": "the version it committed"},
-        "error": {"type": ["string", "null"]}, "pid": integer,
+        "error": {"type": ["string", "null"]}, "code": {"enum": [*CODES, None]}, "pid": integer,
         "started": {"type": "string", "format": "date-time"},
         "finished": {"type": ["string", "null"], "format": "date-time"}}}
     top = {"type": "object", "properties": {"label": integer, "class": {"type": "string"}, "score": {"type": "number"}}}
@@ -64,16 +86,7 @@ def openapi_schema(limits: Limits, upload_limits: UploadLimits, *, token: bool) 
         "/update": {"post": {
             "summary": f"Start the update job on new classes: a zip or tar of class folders, or an npz with x, y "
                        f"and class_names (at most {upload_limits.max_upload_bytes:,} bytes)",
-            "parameters": [_query("epochs", {"type": "integer", "minimum": 1, "default": 30}, "training epochs"),
-                           _query("batch_size", {"type": "integer", "minimum": 2, "default": 128}, "batch size"),
-                           _query("schedule", {"enum": ["cosine", "step"], "default": "cosine"}, "learning rate"),
-                           _query("seed", {"type": "integer", "minimum": 0, "default": 1993}, "training seed"),
-                           _query("train_base", boolean, "also train the shared trunk"),
-                           _query("int8", boolean, "re-make (true) or drop (false) the int8 graph"),
-                           _query("precision", {"enum": ["fp32", "bf16", "fp16", "auto"], "default": "fp32"},
-                                  "autocast precision of training"),
-                           _query("codec_mix", {"type": "number", "minimum": 0, "maximum": 1, "default": 0},
-                                  "probability of seeing a new image through the package's lossy exemplar codec")],
+            "parameters": _update_parameters(),
             "requestBody": {"required": True, "content": update_body},
             "responses": {"202": _json(_ref("Job"), "the job, past its checks"),
                           **_errors(400, 401, 409, 413, 415, 503, 507)}}},
@@ -105,7 +118,8 @@ def openapi_schema(limits: Limits, upload_limits: UploadLimits, *, token: bool) 
                  "description": "Predictions, update jobs and versions of one memo-edge package (docs/serve.md)."},
         "paths": paths,
         "components": {"schemas": {
-            "Error": {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}}},
+            "Error": {"type": "object", "required": ["error", "code"], "properties": {
+                "error": {"type": "string"}, "code": {"enum": list(CODES), "description": "stable: branch on it"}}},
             "Predictions": {"type": "object", "properties": {
                 "version": integer,
                 "predictions": {"type": "array", "items": {"type": "object", "properties": {

@@ -70,8 +70,8 @@ def upload_dir(package: Path) -> Path:
         prefix = f"{_UPLOAD_PREFIX}{socket.gethostname()}-{os.getpid()}-"
         return Path(tempfile.mkdtemp(prefix=prefix, dir=package.resolve().parent))
     except OSError as exc:
-        status = 507 if exc.errno in (errno.ENOSPC, errno.EDQUOT) else 409
-        raise RequestError(status, f"cannot store the upload beside the package in {package.resolve().parent} "
+        code = "no_space" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else "read_only"
+        raise RequestError(code, f"cannot store the upload beside the package in {package.resolve().parent} "
                            f"({exc.strerror})") from None
 
 
@@ -113,14 +113,14 @@ def unpack_upload(kind: str, upload: Path, into: Path, limits: UploadLimits) -> 
         elif kind in TAR_TYPES:
             members = _tar_members(stack, upload, limits)
         else:
-            raise RequestError(415, f"content-type {kind or 'missing'}: send a zip or tar of class folders "
-                               f"({', '.join(ZIP_TYPES + TAR_TYPES)}) or an npz with x, y and class_names "
+            raise RequestError("unsupported_media", f"content-type {kind or 'missing'}: send a zip or tar of class "
+                               f"folders ({', '.join(ZIP_TYPES + TAR_TYPES)}) or an npz with x, y and class_names "
                                f"({NPZ_TYPES[0]})")
         total = 0
         for member in members:
             total += member.size
             if total > limits.max_unpacked_bytes:
-                raise RequestError(413, f"the archive unpacks to more than {limits.max_unpacked_bytes:,} bytes")
+                raise RequestError("too_large", f"the archive unpacks to more than {limits.max_unpacked_bytes:,} bytes")
             _write_member(member, into, limits.max_unpacked_bytes - total + member.size)
     return str(_class_root(into))
 
@@ -130,9 +130,9 @@ def _safe_parts(name: str) -> tuple[str, ...]:
     posix = name.replace("\\", "/")
     path = PurePosixPath(posix)
     if path.is_absolute() or (len(posix) > 1 and posix[1] == ":"):
-        raise RequestError(400, f"archive member {name!r}: absolute paths are refused")
+        raise RequestError("bad_input", f"archive member {name!r}: absolute paths are refused")
     if ".." in path.parts:
-        raise RequestError(400, f"archive member {name!r}: '..' in a path is refused")
+        raise RequestError("bad_input", f"archive member {name!r}: '..' in a path is refused")
     return tuple(p for p in path.parts if p not in ("", "."))
 
 
@@ -141,16 +141,16 @@ def _zip_members(stack: ExitStack, upload: Path, limits: UploadLimits) -> Iterat
         archive = stack.enter_context(zipfile.ZipFile(upload))
         infos = archive.infolist()
     except (zipfile.BadZipFile, OSError, ValueError) as exc:
-        raise RequestError(400, f"the body is not a readable zip archive ({exc})") from None
+        raise RequestError("bad_input", f"the body is not a readable zip archive ({exc})") from None
     if len(infos) > limits.max_members:
-        raise RequestError(413, f"the archive has {len(infos):,} members; at most {limits.max_members:,}")
+        raise RequestError("too_large", f"the archive has {len(infos):,} members; at most {limits.max_members:,}")
     for info in infos:
         _safe_parts(info.filename)
         kind = (info.external_attr >> 16) & 0o170000
         if kind == 0o120000:
-            raise RequestError(400, f"archive member {info.filename!r}: links are refused")
+            raise RequestError("bad_input", f"archive member {info.filename!r}: links are refused")
         if kind not in (0, 0o100000, 0o040000):
-            raise RequestError(400, f"archive member {info.filename!r}: only files and folders are accepted")
+            raise RequestError("bad_input", f"archive member {info.filename!r}: only files and folders are accepted")
     for info in infos:
         if not info.is_dir():
             yield _Member(info.filename, info.file_size, lambda info=info: archive.open(info))
@@ -163,15 +163,15 @@ def _tar_members(stack: ExitStack, upload: Path, limits: UploadLimits) -> Iterat
         for info in archive:  # read the headers one by one, so a huge member count stops early
             infos.append(info)
             if len(infos) > limits.max_members:
-                raise RequestError(413, f"the archive has more than {limits.max_members:,} members")
+                raise RequestError("too_large", f"the archive has more than {limits.max_members:,} members")
     except (tarfile.TarError, OSError, EOFError) as exc:
-        raise RequestError(400, f"the body is not a readable tar archive ({exc})") from None
+        raise RequestError("bad_input", f"the body is not a readable tar archive ({exc})") from None
     for info in infos:
         _safe_parts(info.name)
         if info.issym() or info.islnk():
-            raise RequestError(400, f"archive member {info.name!r}: links are refused")
+            raise RequestError("bad_input", f"archive member {info.name!r}: links are refused")
         if not (info.isfile() or info.isdir()):
-            raise RequestError(400, f"archive member {info.name!r}: only files and folders are accepted")
+            raise RequestError("bad_input", f"archive member {info.name!r}: only files and folders are accepted")
     for info in infos:
         if info.isfile():
             yield _Member(info.name, info.size, lambda info=info: archive.extractfile(info))
@@ -189,12 +189,12 @@ def _write_member(member: _Member, into: Path, budget: int) -> None:
             while chunk := src.read(1 << 20):
                 written += len(chunk)
                 if written > budget:  # a header that understates the size
-                    raise RequestError(413, f"archive member {member.name!r} unpacks to more than it declares")
+                    raise RequestError("too_large", f"archive member {member.name!r} unpacks to more than it declares")
                 dst.write(chunk)
     except FileExistsError:
-        raise RequestError(400, f"archive member {member.name!r} appears twice") from None
+        raise RequestError("bad_input", f"archive member {member.name!r} appears twice") from None
     except (zipfile.BadZipFile, tarfile.TarError, OSError, EOFError) as exc:  # a CRC error, a truncated body
-        raise RequestError(400, f"archive member {member.name!r} cannot be read ({exc})") from None
+        raise RequestError("bad_input", f"archive member {member.name!r} cannot be read ({exc})") from None
 
 
 def _class_root(into: Path) -> Path:
@@ -206,7 +206,7 @@ def _class_root(into: Path) -> Path:
         if inner and all(p.is_dir() for p in inner):
             return entries[0]
     if not any(p.is_dir() for p in entries):
-        raise RequestError(400, "the archive holds no class folders: put each new class's images in a folder "
+        raise RequestError("bad_input", "the archive holds no class folders: put each new class's images in a folder "
                            "named after the class (<class>/<image>)")
     return into
 
@@ -217,21 +217,21 @@ def _write_npz_dataset(upload: Path, into: Path) -> None:
         with np.load(upload, allow_pickle=False) as data:
             missing = {"x", "y", "class_names"} - set(data.files)
             if missing:
-                raise RequestError(400, f"the npz holds {sorted(data.files)}; an update needs x (uint8 images "
+                raise RequestError("bad_input", f"the npz holds {sorted(data.files)}; an update needs x (uint8 images "
                                    "[N,H,W,C]), y (labels 0..k-1) and class_names (k strings)")
             x, y, names = data["x"], data["y"], data["class_names"]
     except RequestError:
         raise
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
-        raise RequestError(400, f"the body is not a readable npz ({exc})") from None
+        raise RequestError("bad_input", f"the body is not a readable npz ({exc})") from None
     if x.dtype != np.uint8 or x.ndim != 4:
-        raise RequestError(400, f"x is {x.dtype} {list(x.shape)}; expected uint8 [N,H,W,C]")
+        raise RequestError("bad_input", f"x is {x.dtype} {list(x.shape)}; expected uint8 [N,H,W,C]")
     if y.ndim != 1 or len(y) != len(x) or y.dtype.kind not in "iu":
-        raise RequestError(400, f"y is {y.dtype} {list(y.shape)}; expected {len(x)} integer labels")
+        raise RequestError("bad_input", f"y is {y.dtype} {list(y.shape)}; expected {len(x)} integer labels")
     if names.ndim != 1 or names.dtype.kind != "U":
-        raise RequestError(400, f"class_names is {names.dtype} {list(names.shape)}; expected a list of strings")
+        raise RequestError("bad_input", f"class_names is {names.dtype} {list(names.shape)}; expected a list of strings")
     if len(y) and (y.min() < 0 or y.max() >= len(names)):
-        raise RequestError(400, f"y holds labels {int(y.min())}..{int(y.max())}; expected 0..{len(names) - 1} "
+        raise RequestError("bad_input", f"y holds labels {int(y.min())}..{int(y.max())}; expected 0..{len(names) - 1} "
                            f"({len(names)} class names)")
     files = []
     for split, (xs, ys) in {"train": (x, y), "test": (x[:0], y[:0])}.items():  # no test split on the device

@@ -33,11 +33,11 @@ import torch
 from torch import nn
 
 from memo_edge.errors import InputError
+from memo_edge.options import TRAIN_PRECISIONS as PRECISIONS
 
 __all__ = ["PRECISIONS", "resolve_precision", "autocast", "make_scaler", "use_channels_last", "to_memory_format",
            "batch_memory_format", "exact_float32", "numerics", "cpu_bf16_native"]
 
-PRECISIONS = ("fp32", "bf16", "fp16", "auto")
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 

@@ -10,10 +10,12 @@ from typing import Literal
 import torch
 from torch import nn
 
+from memo_edge.errors import InvalidValue
+from memo_edge.options import SCHEDULES
+
 __all__ = ["Recipe", "paper_recipe", "build_optimizer", "build_scheduler", "default_train_base"]
 
 Schedule = Literal["step", "cosine"]
-SCHEDULES = ("step", "cosine")
 
 
 @dataclass(frozen=True)
@@ -40,12 +42,12 @@ _INCREMENTAL = Recipe(epochs=170, lr=0.1, weight_decay=2e-4, milestones=(80, 120
 def paper_recipe(task: int, *, epochs: int | None = None, schedule: Schedule = "step", batch_size: int = 128) -> Recipe:
     """The paper's recipe for ``task``; a shorter ``epochs`` scales the milestones proportionally."""
     if schedule not in SCHEDULES:
-        raise ValueError(f"unknown schedule {schedule!r}; choose from {', '.join(SCHEDULES)}")
+        raise InvalidValue(f"unknown schedule {schedule!r}; choose from {', '.join(SCHEDULES)}")
     base = _INITIAL if task == 0 else _INCREMENTAL
     if epochs is None or epochs == base.epochs:
         return replace(base, schedule=schedule, batch_size=batch_size)
     if epochs < 1:
-        raise ValueError(f"epochs must be >= 1, got {epochs}")
+        raise InvalidValue(f"epochs must be >= 1, got {epochs}")
     milestones = tuple(sorted({max(1, round(m * epochs / base.epochs)) for m in base.milestones if m * epochs / base.epochs < epochs}))
     return replace(base, epochs=epochs, milestones=milestones, schedule=schedule, batch_size=batch_size)
 

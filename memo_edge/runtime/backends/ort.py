@@ -10,6 +10,7 @@ import importlib.metadata
 from typing import Any, ClassVar
 
 from memo_edge.errors import InputError, MemoEdgeError
+from memo_edge.options import GRAPH_PRECISIONS as PRECISIONS  # of ort-cpu
 from memo_edge.runtime.backends.base import Backend, GraphFn
 from memo_edge.runtime.engine_cache import ENGINES_DIR, TRT_MISSING
 from memo_edge.runtime.package import INT8_ROLE, FileEntry, PackageVersion
@@ -17,7 +18,6 @@ from memo_edge.runtime.package import INT8_ROLE, FileEntry, PackageVersion
 __all__ = ["OrtBackend", "OrtCpuBackend", "OrtCudaBackend", "OrtTrtBackend", "load_onnxruntime", "PRECISIONS", "GPU_HINT"]
 
 GPU_HINT = "pip install 'memo-edge[gpu]' (onnxruntime-gpu, instead of onnxruntime) on a machine with an NVIDIA GPU"
-PRECISIONS = ("auto", "fp32", "int8")  # of ort-cpu
 
 
 def load_onnxruntime() -> Any:
