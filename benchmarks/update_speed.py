@@ -51,6 +51,7 @@ from memo_edge.device.update import UpdateConfig, update_package
 from memo_edge.export import graphs
 from memo_edge.export.exporter import package_model
 from memo_edge.export.quantize import calibration_images, quantize_full
+from memo_edge.memory.alignment import model_bytes
 from memo_edge.memory.exemplars import ExemplarSet
 from memo_edge.model import MemoNet
 from memo_edge.model.backbones import Branch
@@ -97,7 +98,7 @@ def build(tasks: int, out: Path, exemplar_count: int) -> None:
     labels = np.repeat(np.arange(model.num_classes, dtype=np.int64), per_class)
     ranks = np.tile(np.arange(per_class, dtype=np.int64), model.num_classes)
     exemplars = ExemplarSet(rng.integers(0, 256, (len(labels), *CIFAR.shape), dtype=np.uint8), labels, ranks)
-    branch = 4 * sum(p.numel() for p in model.branches[-1].parameters())
+    branch = model_bytes(model.branches[-1])
     package_model(
         out, model, exemplars, spec=CIFAR, class_names=[f"c{i}" for i in range(model.num_classes)], augment="cifar",
         total_budget_bytes=model.model_bytes() + branch + exemplar_count * 3072,

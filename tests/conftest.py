@@ -24,6 +24,7 @@ from click.testing import CliRunner
 from memo_edge.cli import main
 from memo_edge.data.datasets import load_dataset
 from memo_edge.data.scenario import make_class_order
+from memo_edge.model.methods import METHODS, method_model_bytes
 
 ORDER = make_class_order(10)  # the digits' class order of the reference protocol (seed 1993)
 TRAIN = ["--backbone", "resnet8", "--init-epochs", "8", "--epochs", "8", "--batch-size", "32",
@@ -65,9 +66,7 @@ def base(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     ok("train", "--dataset", f"npz:{first}", "--scenario", "B0Inc2", "--no-shuffle", "--memory", "200",
        "--out", root / "run", *TRAIN)
     # Budget: the model after 5 tasks + 200 exemplars, as a DER-style total fixed at export.
-    run_model = json.loads((root / "run" / "results.json").read_text())["tasks"][-1]["model_bytes"]
-    branch = (run_model - 4 * 19_088) // 3
-    total = run_model + 2 * branch + 200 * 3072
+    total = method_model_bytes(METHODS["memo"], "resnet8", 5) + 200 * 3072
     ok("export", root / "run", "--out", root / "pkg", "--total-budget", total)
     return {"root": root, "pkg": root / "pkg", "task4": write_npz(root / "task4", list(ORDER[6:8])),
             "task5": write_npz(root / "task5", list(ORDER[8:10]))}
