@@ -25,11 +25,41 @@ from memo_edge.cli import main
 from memo_edge.data.datasets import load_dataset
 from memo_edge.data.scenario import make_class_order
 from memo_edge.model.methods import METHODS, method_model_bytes
+from memo_edge.runtime.package import InputSpec, PackageVersion
 
 ORDER = make_class_order(10)  # the digits' class order of the reference protocol (seed 1993)
 TRAIN = ["--backbone", "resnet8", "--init-epochs", "8", "--epochs", "8", "--batch-size", "32",
          "--schedule", "cosine", "--freeze-base", "--device", "cpu"]
 UPDATE = ["--epochs", "8", "--batch-size", "32", "--schedule", "cosine", "--device", "cpu"]
+
+
+SPEC = InputSpec(32, 32, 3, (0.5, 0.4, 0.3), (0.25, 0.2, 0.3))
+
+
+def make_package(out: Path, *, tasks: int = 2, classes: int = 3, int8: bool = False) -> tuple[object, PackageVersion]:
+    """A random ResNet-8 MEMO (the MemoNet) with ``tasks`` tasks, packaged (and verified) like an export."""
+    import torch
+
+    from memo_edge.export.exporter import package_model
+    from memo_edge.memory.exemplars import ExemplarSet
+    from memo_edge.model import MemoNet
+
+    torch.manual_seed(0)
+    model = MemoNet("resnet8")
+    for _ in range(tasks):
+        model.expand(classes)
+        with torch.no_grad():  # expand copies the previous branch: make each one its own
+            for p in model.branches[-1].parameters():
+                p.add_(0.05 * torch.randn_like(p))
+    model.eval()
+    rng = np.random.default_rng(0)
+    labels = np.arange(model.num_classes, dtype=np.int64)
+    exemplars = ExemplarSet(rng.integers(0, 256, (len(labels), *SPEC.shape), dtype=np.uint8), labels,
+                            np.zeros(len(labels), np.int64))
+    version = package_model(out, model, exemplars, spec=SPEC, class_names=[f"c{i}" for i in range(model.num_classes)],
+                            augment="cifar", total_budget_bytes=model.model_bytes() + exemplars.nbytes,
+                            verify_images=rng.integers(0, 256, (8, *SPEC.shape), dtype=np.uint8), int8=int8)
+    return model, version
 
 
 def invoke(*args: object):
