@@ -28,8 +28,16 @@ from memo_edge.model.methods import METHODS, method_model_bytes
 from memo_edge.runtime.package import InputSpec, PackageVersion
 
 ORDER = make_class_order(10)  # the digits' class order of the reference protocol (seed 1993)
-TRAIN = ["--backbone", "resnet8", "--init-epochs", "8", "--epochs", "8", "--batch-size", "32",
-         "--schedule", "cosine", "--freeze-base", "--device", "cpu"]
+
+
+def quick_run(epochs: int = 1, *, batch_size: int = 64, cosine: bool = False, freeze_base: bool = False) -> list[str]:
+    """The options of a short training run on the CPU with the tiny resnet8 (``epochs`` for every task)."""
+    return ["--backbone", "resnet8", "--init-epochs", str(epochs), "--epochs", str(epochs), "--batch-size",
+            str(batch_size), *(["--schedule", "cosine"] if cosine else []), *(["--freeze-base"] if freeze_base else []),
+            "--device", "cpu"]
+
+
+TRAIN = quick_run(8, batch_size=32, cosine=True, freeze_base=True)  # the session's run: learns the digits well
 UPDATE = ["--epochs", "8", "--batch-size", "32", "--schedule", "cosine", "--device", "cpu"]
 
 
