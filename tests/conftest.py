@@ -110,6 +110,16 @@ def base(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
             "task5": write_npz(root / "task5", list(ORDER[8:10]))}
 
 
+@pytest.fixture(scope="session")
+def digits_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """All 10 digits (5 tasks of 2, the reference class order) trained on a workstation as the session's
+    package was: what the device's updates are compared with, and the end-to-end accuracy check."""
+    out = tmp_path_factory.mktemp("digits") / "run"
+    ok("train", "--dataset", "digits", "--scenario", "B0Inc2", "--class-order", ",".join(map(str, ORDER)),
+       "--memory", "200", "--out", out, *TRAIN)
+    return out
+
+
 def rewrite_manifest(package: Path, edit) -> None:
     """Change version 1's manifest with ``edit(dict)`` and give it a valid sha256: only the checks that
     read the manifest's content can catch it."""
