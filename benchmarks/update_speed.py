@@ -81,8 +81,8 @@ PHASES = (
 
 def build(tasks: int, out: Path, exemplar_count: int) -> None:
     """A CIFAR-sized ResNet-32 package of ``tasks`` tasks of 10 classes, budget room for one more."""
-    random_package(out, tasks, per_class=max(1, exemplar_count // (10 * tasks)), spare_branches=1, int8=False,
-                   jitter=0.01)
+    random_package(out, tasks, per_class=max(1, exemplar_count // (10 * tasks)), spare_branches=1,
+                   budget_exemplars=exemplar_count, int8=False, jitter=0.01)
 
 
 def new_classes(root: Path, per_class: int) -> str:

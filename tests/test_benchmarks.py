@@ -59,7 +59,7 @@ SMOKE = {
                            "--profile-calls", "1"],
     "ort_levers.py": ["--tasks", "1", "--repeats", "1", "--calls", "1", "--warmup", "0"],
     "train_speed.py": ["--device", "cpu", "--batch", "8", "--steps", "1", "--warmup", "0", "--tasks", "1"],
-    "update_speed.py": ["--tasks", "2", "--repeats", "1", "--exemplars", "20", "--new-per-class", "2",
+    "update_speed.py": ["--tasks", "2,3", "--repeats", "1", "--exemplars", "40", "--new-per-class", "2",
                         "--no-int8-cost"],
     "serve_load.py": ["--seconds", "0.5", "--bench-iterations", "1", "--update-epochs", "1", "--update-images", "2"],
 }
