@@ -24,10 +24,11 @@ import onnxruntime
 import torch
 from torch import Tensor, nn
 
+from memo_edge.data.datasets import CIFAR100_MEAN, CIFAR100_STD
 from memo_edge.export import graphs
 from memo_edge.model import MemoNet
 
-MEAN, STD = (0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761)
+MEAN, STD = CIFAR100_MEAN, CIFAR100_STD
 
 
 def model_with_statistics() -> MemoNet:

@@ -36,13 +36,14 @@ import onnxruntime
 import torch
 from torch import Tensor, nn
 
+from memo_edge.data.datasets import CIFAR100_MEAN, CIFAR100_STD
 from memo_edge.export import graphs
 from memo_edge.export.quantize import quantize_full
 from memo_edge.model import MemoNet
 
 from _report import cpu_name, load_average, timings, write_section  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
-MEAN, STD = (0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761)
+MEAN, STD = CIFAR100_MEAN, CIFAR100_STD
 SHAPE = (32, 32, 3)
 Fn = Callable[[np.ndarray], np.ndarray]
 

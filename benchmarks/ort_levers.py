@@ -45,6 +45,7 @@ import onnx
 import onnxruntime
 import torch
 
+from memo_edge.data.datasets import CIFAR100_MEAN, CIFAR100_STD
 from memo_edge.export import graphs
 from memo_edge.export.quantize import DEFAULT_INT8, Int8Options, quantize_full, shortcuts_as_convs
 from memo_edge.model import MemoNet
@@ -52,7 +53,7 @@ from memo_edge.model import MemoNet
 from _report import cpu_name, load_average, write_section  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 from ort_cpu_profile import build, macs_per_image  # noqa: E402
 
-MEAN, STD = (0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761)
+MEAN, STD = CIFAR100_MEAN, CIFAR100_STD
 SHAPE = (32, 32, 3)
 OLD_INT8 = Int8Options(shortcut_conv=False, reduce_range=False)  # what export --int8 made before this benchmark
 

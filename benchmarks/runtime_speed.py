@@ -39,18 +39,15 @@ import numpy as np
 import onnxruntime
 import torch
 
-from memo_edge.export.exporter import package_model
 from memo_edge.export.graphs import Preprocess
-from memo_edge.memory.exemplars import ExemplarSet
-from memo_edge.model import MemoNet
 from memo_edge.runtime.backends import create_backend
-from memo_edge.runtime.package import InputSpec, PackageVersion, open_package
+from memo_edge.runtime.package import open_package
 
+from _package import CIFAR, random_package  # noqa: E402
 from _report import cpu_name, load_average, timings, write_section  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
-CIFAR = InputSpec(32, 32, 3, (0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761))
 TARGETS = {"speedup_b1": 3.0, "speedup_b64": 1.5, "rss_mb": 200.0}  # at T = 10, from the runtime issue
-MS_PER_IMAGE = {"ort": 2.2, "int8": 0.8}  # batch 64 at T = 10, issue 13
+MS_PER_IMAGE = {"ort": 2.2, "int8": 0.8}  # batch 64 at T = 10, the per-component weights' targets
 ORT_DEFAULTS = "ORT_ENABLE_ALL, intra-op threads at ONNX Runtime's default, spinning on for the full graph"
 
 RSS_CODE = """
@@ -66,26 +63,8 @@ print(json.dumps({"peak_rss_mb": peak_rss_mb()}))
 """
 
 
-def build(tasks: int, out: Path) -> tuple[MemoNet, PackageVersion]:
-    torch.manual_seed(0)
-    model = MemoNet("resnet32")
-    for _ in range(tasks):
-        model.expand(10)
-    model.eval()
-    rng = np.random.default_rng(0)
-    labels = np.arange(model.num_classes, dtype=np.int64)  # one random "exemplar" per class
-    exemplars = ExemplarSet(rng.integers(0, 256, (len(labels), *CIFAR.shape), dtype=np.uint8), labels,
-                            np.zeros(len(labels), np.int64))
-    version = package_model(
-        out, model, exemplars, spec=CIFAR, class_names=[f"c{i}" for i in range(model.num_classes)], augment="cifar",
-        total_budget_bytes=model.model_bytes() + exemplars.nbytes,
-        verify_images=rng.integers(0, 256, (16, *CIFAR.shape), dtype=np.uint8), int8=True,
-    )
-    return model, version
-
-
 def measure(tasks: int, workdir: Path, args: argparse.Namespace) -> dict[str, float]:
-    model, version = build(tasks, workdir / f"pkg-T{tasks}")
+    model, version = random_package(workdir / f"pkg-T{tasks}", tasks, int8=True)
     package = open_package(version.root)
     ort = create_backend("ort-cpu", package, precision="fp32").logits
     ort_int8 = create_backend("ort-cpu", package, precision="int8").logits

@@ -34,35 +34,19 @@ from pathlib import Path
 
 import httpx
 import numpy as np
-import torch
 
-from memo_edge.export.exporter import package_model
-from memo_edge.memory.exemplars import ExemplarSet
-from memo_edge.model import MemoNet
 from memo_edge.runtime.bench import bench
-from memo_edge.runtime.package import InputSpec
 
+from _package import CIFAR, random_package  # noqa: E402
 from _report import cpu_name, load_average, write_section  # noqa: E402  (benchmarks/ is on sys.path as a script)
 
-CIFAR = InputSpec(32, 32, 3, (0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761))
 TARGETS = {"ratio": 0.80, "rss_mb": 250.0}  # concurrency 32 with batching vs bench batch 32; serving RSS
 PER_CLASS = 20
 
 
 def build(out: Path) -> Path:
-    torch.manual_seed(0)
-    model = MemoNet("resnet32")
-    for _ in range(10):
-        model.expand(10)
-    model.eval()
-    rng = np.random.default_rng(0)
-    labels = np.repeat(np.arange(model.num_classes, dtype=np.int64), PER_CLASS)
-    ranks = np.tile(np.arange(PER_CLASS, dtype=np.int64), model.num_classes)  # a herding prefix per class
-    exemplars = ExemplarSet(rng.integers(0, 256, (len(labels), *CIFAR.shape), dtype=np.uint8), labels, ranks)
-    branch = model.model_bytes() // 11  # room for one more branch, generously (MEMO's trunk is shared)
-    package_model(out, model, exemplars, spec=CIFAR, class_names=[f"c{i}" for i in range(model.num_classes)],
-                  augment="cifar", total_budget_bytes=model.model_bytes() + 2 * branch + exemplars.nbytes,
-                  verify_images=rng.integers(0, 256, (16, *CIFAR.shape), dtype=np.uint8), int8=True)
+    """ResNet-32, 10 tasks of 10 classes, PER_CLASS exemplars a class, room for the updates' branches."""
+    random_package(out, 10, per_class=PER_CLASS, spare_branches=2, int8=True)
     return out
 
 

@@ -51,18 +51,15 @@ import memo_edge.runtime.writer as writer_module
 from memo_edge.device.update import UpdateConfig, update_package
 from memo_edge.options import UpdateOptions
 from memo_edge.export import graphs
-from memo_edge.export.exporter import package_model
 from memo_edge.export.quantize import calibration_images, quantize_full
-from memo_edge.memory.exemplars import ExemplarSet
-from memo_edge.model import MemoNet
 from memo_edge.model.backbones import Branch
 from memo_edge.runtime.backends.base import Backend
 from memo_edge.runtime.backends.ort import OrtBackend
-from memo_edge.runtime.package import InputSpec, open_package
+from memo_edge.runtime.package import open_package
 
+from _package import CIFAR, random_package  # noqa: E402
 from _report import cpu_name, load_average, write_section  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
-CIFAR = InputSpec(32, 32, 3, (0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761))
 TARGET = 1.3  # non-training part at T = 10 over T = 2 (the update issue)
 # Columns of the table after "before training", in order (the rest of verify and of export as remainders).
 COLUMNS = ("full_graph", "branch_graph", "model_blobs", "torch_branches", "ort_sessions", "ort_split", "ort_full",
@@ -86,25 +83,8 @@ PHASES = (
 
 def build(tasks: int, out: Path, exemplar_count: int) -> None:
     """A CIFAR-sized ResNet-32 package of ``tasks`` tasks of 10 classes, budget room for one more."""
-    torch.manual_seed(0)
-    model = MemoNet("resnet32")
-    for _ in range(tasks):
-        model.expand(10)
-        with torch.no_grad():  # expand copies the last branch; trained branches differ from each other
-            for p in model.branches[-1].parameters():
-                p.add_(0.01 * torch.randn_like(p))
-    model.eval()
-    rng = np.random.default_rng(0)
-    per_class = max(1, exemplar_count // model.num_classes)
-    labels = np.repeat(np.arange(model.num_classes, dtype=np.int64), per_class)
-    ranks = np.tile(np.arange(per_class, dtype=np.int64), model.num_classes)
-    exemplars = ExemplarSet(rng.integers(0, 256, (len(labels), *CIFAR.shape), dtype=np.uint8), labels, ranks)
-    branch = 4 * sum(p.numel() for p in model.branches[-1].parameters())
-    package_model(
-        out, model, exemplars, spec=CIFAR, class_names=[f"c{i}" for i in range(model.num_classes)], augment="cifar",
-        total_budget_bytes=model.model_bytes() + branch + exemplar_count * 3072,
-        verify_images=rng.integers(0, 256, (16, *CIFAR.shape), dtype=np.uint8), int8=False,
-    )
+    random_package(out, tasks, per_class=max(1, exemplar_count // (10 * tasks)), spare_branches=1,
+                   budget_exemplars=exemplar_count, int8=False, jitter=0.01)
 
 
 def new_classes(root: Path, per_class: int) -> str:

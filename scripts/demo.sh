@@ -46,7 +46,7 @@ step "1. train on the workstation: digits, first 8 classes of the order, 4 tasks
 "$ME" train --dataset digits --classes 8 --scenario B0Inc2 --backbone resnet32 --init-epochs 10 --epochs 8 \
     --batch-size 32 --schedule cosine --memory 200 --device cpu --out "$OUT/run" --force
 # The device's fixed budget: room for the model after all 5 tasks plus 200 exemplars of 3,072 B.
-TOTAL=$("$BIN/python" -c "from memo_edge.model import split_parameter_counts as n; t, b = n('resnet32'); print(4 * (t + 5 * b) + 200 * 3072)")
+TOTAL=$("$BIN/python" -c "from memo_edge.model.methods import METHODS, method_model_bytes as m; print(m(METHODS['memo'], 'resnet32', 5) + 200 * 3072)")
 step "2. export a package (ONNX + int8, verified against PyTorch), budget $TOTAL B for model + exemplars"
 "$ME" export "$OUT/run" --out "$OUT/pkg" --int8 --total-budget "$TOTAL" --force
 step "3. predict on the device (torch-free): old classes, then the 2 classes it has never seen"

@@ -24,11 +24,50 @@ from click.testing import CliRunner
 from memo_edge.cli import main
 from memo_edge.data.datasets import load_dataset
 from memo_edge.data.scenario import make_class_order
+from memo_edge.model.methods import METHODS, method_model_bytes
+from memo_edge.runtime.package import InputSpec, PackageVersion
 
 ORDER = make_class_order(10)  # the digits' class order of the reference protocol (seed 1993)
-TRAIN = ["--backbone", "resnet8", "--init-epochs", "8", "--epochs", "8", "--batch-size", "32",
-         "--schedule", "cosine", "--freeze-base", "--device", "cpu"]
+
+
+def quick_run(epochs: int = 1, *, batch_size: int = 64, cosine: bool = False, freeze_base: bool = False) -> list[str]:
+    """The options of a short training run on the CPU with the tiny resnet8 (``epochs`` for every task)."""
+    return ["--backbone", "resnet8", "--init-epochs", str(epochs), "--epochs", str(epochs), "--batch-size",
+            str(batch_size), *(["--schedule", "cosine"] if cosine else []), *(["--freeze-base"] if freeze_base else []),
+            "--device", "cpu"]
+
+
+TRAIN = quick_run(8, batch_size=32, cosine=True, freeze_base=True)  # the session's run: learns the digits well
 UPDATE = ["--epochs", "8", "--batch-size", "32", "--schedule", "cosine", "--device", "cpu"]
+
+
+SPEC = InputSpec(32, 32, 3, (0.5, 0.4, 0.3), (0.25, 0.2, 0.3))
+
+
+def make_package(out: Path, *, tasks: int = 2, classes: int = 3, int8: bool = False) -> tuple[object, PackageVersion]:
+    """A random ResNet-8 MEMO (the MemoNet) with ``tasks`` tasks, packaged (and verified) like an export."""
+    import torch
+
+    from memo_edge.export.exporter import package_model
+    from memo_edge.memory.exemplars import ExemplarSet
+    from memo_edge.model import MemoNet
+
+    torch.manual_seed(0)
+    model = MemoNet("resnet8")
+    for _ in range(tasks):
+        model.expand(classes)
+        with torch.no_grad():  # expand copies the previous branch: make each one its own
+            for p in model.branches[-1].parameters():
+                p.add_(0.05 * torch.randn_like(p))
+    model.eval()
+    rng = np.random.default_rng(0)
+    labels = np.arange(model.num_classes, dtype=np.int64)
+    exemplars = ExemplarSet(rng.integers(0, 256, (len(labels), *SPEC.shape), dtype=np.uint8), labels,
+                            np.zeros(len(labels), np.int64))
+    version = package_model(out, model, exemplars, spec=SPEC, class_names=[f"c{i}" for i in range(model.num_classes)],
+                            augment="cifar", total_budget_bytes=model.model_bytes() + exemplars.nbytes,
+                            verify_images=rng.integers(0, 256, (8, *SPEC.shape), dtype=np.uint8), int8=int8)
+    return model, version
 
 
 def invoke(*args: object):
@@ -65,12 +104,20 @@ def base(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     ok("train", "--dataset", f"npz:{first}", "--scenario", "B0Inc2", "--no-shuffle", "--memory", "200",
        "--out", root / "run", *TRAIN)
     # Budget: the model after 5 tasks + 200 exemplars, as a DER-style total fixed at export.
-    run_model = json.loads((root / "run" / "results.json").read_text())["tasks"][-1]["model_bytes"]
-    branch = (run_model - 4 * 19_088) // 3
-    total = run_model + 2 * branch + 200 * 3072
+    total = method_model_bytes(METHODS["memo"], "resnet8", 5) + 200 * 3072
     ok("export", root / "run", "--out", root / "pkg", "--total-budget", total)
     return {"root": root, "pkg": root / "pkg", "task4": write_npz(root / "task4", list(ORDER[6:8])),
             "task5": write_npz(root / "task5", list(ORDER[8:10]))}
+
+
+@pytest.fixture(scope="session")
+def digits_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """All 10 digits (5 tasks of 2, the reference class order) trained on a workstation as the session's
+    package was: what the device's updates are compared with, and the end-to-end accuracy check."""
+    out = tmp_path_factory.mktemp("digits") / "run"
+    ok("train", "--dataset", "digits", "--scenario", "B0Inc2", "--class-order", ",".join(map(str, ORDER)),
+       "--memory", "200", "--out", out, *TRAIN)
+    return out
 
 
 def rewrite_manifest(package: Path, edit) -> None:

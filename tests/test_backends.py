@@ -13,7 +13,6 @@ from __future__ import annotations
 import ctypes
 import json
 import logging
-import subprocess
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -23,11 +22,10 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import SPEC, make_package
 from memo_edge.errors import InputError, MemoEdgeError
-from memo_edge.export.exporter import package_model
 from memo_edge.export.graphs import Preprocess
 from memo_edge.runtime.engine_cache import ENGINES_DIR, ShapeProfile, engine_graphs
-from memo_edge.memory.exemplars import ExemplarSet
 from memo_edge.model import MemoNet
 from memo_edge.runtime import backends
 from memo_edge.runtime import cuda as runtime_cuda
@@ -40,30 +38,7 @@ from memo_edge.runtime.backends import (
     TensorRTBackend,
     create_backend,
 )
-from memo_edge.runtime.package import InputSpec, PackageVersion, open_package
-
-SPEC = InputSpec(32, 32, 3, (0.5, 0.4, 0.3), (0.25, 0.2, 0.3))
-
-
-def make_package(out: Path, *, tasks: int = 2, classes: int = 3) -> tuple[MemoNet, PackageVersion]:
-    """A random ResNet-8 MEMO with ``tasks`` tasks, packaged (and verified) like an export."""
-    torch.manual_seed(0)
-    model = MemoNet("resnet8")
-    for _ in range(tasks):
-        model.expand(classes)
-        with torch.no_grad():  # expand copies the previous branch: make each one its own
-            for p in model.branches[-1].parameters():
-                p.add_(0.05 * torch.randn_like(p))
-    model.eval()
-    rng = np.random.default_rng(0)
-    labels = np.arange(model.num_classes, dtype=np.int64)
-    exemplars = ExemplarSet(rng.integers(0, 256, (len(labels), *SPEC.shape), dtype=np.uint8), labels,
-                            np.zeros(len(labels), np.int64))
-    version = package_model(out, model, exemplars, spec=SPEC, class_names=[f"c{i}" for i in range(model.num_classes)],
-                            augment="cifar", total_budget_bytes=model.model_bytes() + exemplars.nbytes,
-                            verify_images=rng.integers(0, 256, (8, *SPEC.shape), dtype=np.uint8))
-    return model, version
-
+from memo_edge.runtime.package import PackageVersion, open_package
 
 @pytest.fixture(scope="module")
 def packaged(tmp_path_factory: pytest.TempPathFactory) -> tuple[MemoNet, PackageVersion]:
@@ -202,20 +177,6 @@ def test_engine_graphs_describe_every_graph(package: PackageVersion) -> None:
     specs = {g.name: g for g in engine_graphs(package)}
     assert set(specs) == {"trunk", "full", *(f"branch-{e.task}" for e in package.manifest.branches())}
     assert specs["trunk"].input_name == "image" and specs["trunk"].input_tail == package.manifest.input.shape
-
-
-def test_ort_cpu_inference_does_not_import_torch(package: PackageVersion) -> None:
-    code = (
-        "import sys, numpy as np\n"
-        "from memo_edge.runtime.package import open_package\n"
-        "from memo_edge.runtime.backends import create_backend\n"
-        f"pkg = open_package({str(package.root)!r})\n"
-        "for name in ('ort-cpu', 'auto'):\n"
-        "    create_backend(name, pkg, use_full=name == 'auto').logits(np.zeros((2, 32, 32, 3), np.uint8))\n"
-        "bad = [m for m in ('torch', 'torchvision', 'tensorrt') if m in sys.modules]\n"
-        "assert not bad, bad\n"
-    )
-    subprocess.run([sys.executable, "-c", code], check=True)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -10,10 +10,10 @@ import click
 import numpy as np
 import pytest
 
-from conftest import invoke
+from conftest import invoke, quick_run
 from memo_edge.cli import main
 
-FAST = ["--backbone", "resnet8", "--init-epochs", "1", "--epochs", "1", "--batch-size", "64", "--device", "cpu"]
+FAST = quick_run()
 
 
 def assert_user_error(result, *fragments: str) -> None:

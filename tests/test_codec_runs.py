@@ -11,12 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import ORDER, invoke, ok, write_npz
+from conftest import ORDER, invoke, ok, quick_run, write_npz
 from memo_edge.memory import ExemplarSet
 from memo_edge.runtime.package import open_package
 
-QUICK = ["--backbone", "resnet8", "--init-epochs", "2", "--epochs", "2", "--batch-size", "32", "--schedule", "cosine",
-         "--freeze-base", "--device", "cpu", "--seed", "7"]
+QUICK = [*quick_run(2, batch_size=32, cosine=True, freeze_base=True), "--seed", "7"]
 MEMORY_BYTES = 40_000  # 13 raw CIFAR-sized exemplars: under jpeg:75 the shares hold several times more
 
 

@@ -16,14 +16,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import invoke
+from conftest import invoke, quick_run
 from memo_edge.cli import _print_task
 from memo_edge.data.datasets import load_dataset
 from memo_edge.data.sources import ArraySource, FolderSource, warn_resized
 from memo_edge.errors import InputError
 from memo_edge.utils.paths import check_separate
 
-FAST = ["--backbone", "resnet8", "--init-epochs", "1", "--epochs", "1", "--batch-size", "64", "--device", "cpu"]
+FAST = quick_run()
 
 
 def assert_refused(result, *fragments: object) -> None:

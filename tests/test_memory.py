@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,24 +10,16 @@ import pytest
 from memo_edge.errors import InputError
 from memo_edge.memory import (
     BYTES_PER_PARAM,
-    AlignedRow,
     ExemplarSet,
-    QuotaRow,
-    aligned_table,
     count_parameters,
-    der_total_bytes,
     exemplar_bytes,
-    exemplar_quota,
     exemplars_that_fit,
     herding_order,
-    memo_aligned_exemplars,
-    memo_model_bytes,
     model_bytes,
-    per_class_quota,
-    quota_table,
+    param_bytes,
     select_exemplars,
-    single_backbone_aligned_exemplars,
 )
+from memo_edge.memory.policy import MemoryPolicy
 
 # Parameter counts from the MEMO reference (trunk G, branch S); P = G + S.
 CIFAR_G, CIFAR_S = 112_016, 351_488
@@ -90,85 +80,95 @@ def test_exemplars_that_fit_floors_and_never_goes_negative() -> None:
         exemplars_that_fit(100.0, 3072)  # type: ignore[arg-type]
 
 
+def _aligned(method: str, backbone: str, tasks: int, img: int) -> int:
+    from memo_edge.model.methods import METHODS, aligned_exemplars  # torch: the counts come from live modules
+    return aligned_exemplars(METHODS[method], backbone, tasks, img)
+
+
+def _model(method: str, backbone: str, tasks: int) -> int:
+    from memo_edge.model.methods import METHODS, method_model_bytes
+    return method_model_bytes(METHODS[method], backbone, tasks)
+
+
+def test_the_backbones_have_the_reference_parameter_counts() -> None:
+    from memo_edge.model import split_parameter_counts
+    assert split_parameter_counts("resnet32") == (CIFAR_G, CIFAR_S)
+    assert split_parameter_counts("resnet18") == (IMNET_G, IMNET_S)
+
+
 @pytest.mark.parametrize(
-    ("name", "tasks", "memo", "single", "g", "s", "img"),
-    [(*row, CIFAR_G, CIFAR_S, CIFAR_IMG) for row in CIFAR_ROWS]
-    + [(*row, IMNET_G, IMNET_S, IMNET_IMG) for row in IMNET_ROWS],
+    ("name", "tasks", "memo", "single", "g", "s", "img", "backbone"),
+    [(*row, CIFAR_G, CIFAR_S, CIFAR_IMG, "resnet32") for row in CIFAR_ROWS]
+    + [(*row, IMNET_G, IMNET_S, IMNET_IMG, "resnet18") for row in IMNET_ROWS],
 )
 def test_reference_aligned_table(
-    name: str, tasks: int, memo: int, single: int, g: int, s: int, img: int
+    name: str, tasks: int, memo: int, single: int, g: int, s: int, img: int, backbone: str
 ) -> None:
-    assert memo_aligned_exemplars(tasks, g, s, img) == memo, name
-    assert single_backbone_aligned_exemplars(tasks, g + s, img) == single, name
+    assert _aligned("memo", backbone, tasks, img) == memo, name
+    assert _aligned("replay", backbone, tasks, img) == single, name
+    assert _aligned("der", backbone, tasks, img) == 2000, name
     # The closed forms the reference states, as a cross-check of the one-rule implementation.
     p = g + s
     assert memo == 2000 + (tasks * p - (g + tasks * s)) * 4 // img
     assert single == 2000 + (tasks - 1) * p * 4 // img
 
 
-def test_aligned_table_rows() -> None:
-    cifar = aligned_table(CIFAR_G, CIFAR_S, CIFAR_IMG, [(n, t) for n, t, _, _ in CIFAR_ROWS])
-    imnet = aligned_table(IMNET_G, IMNET_S, IMNET_IMG, [(n, t) for n, t, _, _ in IMNET_ROWS])
-    expected = CIFAR_ROWS + IMNET_ROWS
-    assert len(cifar) + len(imnet) == 8
-    for row, (name, t, memo, single) in zip(cifar + imnet, expected):
-        assert isinstance(row, AlignedRow)
-        assert (row.scenario, row.num_tasks) == (name, t)
-        assert (row.memo_exemplars, row.single_backbone_exemplars) == (memo, single)
-        assert row.der_exemplars == 2000
-    assert cifar[0].der_total_bytes == 24_684_160
-
-
-def test_der_total_and_memo_model_bytes() -> None:
-    assert der_total_bytes(10, CIFAR_G + CIFAR_S, CIFAR_IMG) == 24_684_160
-    assert der_total_bytes(1, 100, 10, base_exemplars=0) == 400
-    assert memo_model_bytes(1, CIFAR_G, CIFAR_S) == 1_854_016
-    assert memo_model_bytes(10, CIFAR_G, CIFAR_S) == 14_507_584
+def test_aligned_budget_and_model_bytes() -> None:
+    from memo_edge.model.methods import aligned_budget_bytes
+    assert aligned_budget_bytes("resnet32", 10, CIFAR_IMG) == 24_684_160
+    assert aligned_budget_bytes("resnet32", 1, 10, base_exemplars=0) == 4 * 463_504
+    assert _model("memo", "resnet32", 1) == 1_854_016
+    assert _model("memo", "resnet32", 10) == 14_507_584
     with pytest.raises(ValueError):
-        memo_model_bytes(0, CIFAR_G, CIFAR_S)
+        _model("memo", "resnet32", 0)
+    assert param_bytes(100) == 400
 
 
 def test_design_worked_example() -> None:
-    total = der_total_bytes(10, 463_504, 3072)
-    assert total == 24_684_160
-    rows = quota_table(total, CIFAR_G, CIFAR_S, 3072, [1, 2, 5, 10], [10, 20, 50, 100])
-    # tasks, model bytes, exemplar bytes, exemplars, per class: the design's table.
+    # tasks, model bytes, exemplar bytes, exemplars, per class: the design's table, through the device's rule.
+    total, policy = 24_684_160, MemoryPolicy("bytes", 24_684_160)
+    rows = []
+    for tasks, seen in ((1, 10), (2, 20), (5, 50), (10, 100)):
+        model = _model("memo", "resnet32", tasks)
+        rows.append((tasks, model, total - model, exemplars_that_fit(total - model, 3072),
+                     policy.per_class(seen, model_bytes=model, bytes_per_exemplar=3072)))
     assert rows == [
-        QuotaRow(1, 1_854_016, 22_830_144, 7431, 743),
-        QuotaRow(2, 3_259_968, 21_424_192, 6974, 348),
-        QuotaRow(5, 7_477_824, 17_206_336, 5601, 112),
-        QuotaRow(10, 14_507_584, 10_176_576, 3312, 33),
+        (1, 1_854_016, 22_830_144, 7431, 743),
+        (2, 3_259_968, 21_424_192, 6974, 348),
+        (5, 7_477_824, 17_206_336, 5601, 112),
+        (10, 14_507_584, 10_176_576, 3312, 33),
     ]
     # One rule: one task gives the single-backbone figure, ten give MEMO's aligned figure.
-    assert rows[0].exemplars == single_backbone_aligned_exemplars(10, 463_504, 3072)
-    assert rows[-1].exemplars == memo_aligned_exemplars(10, CIFAR_G, CIFAR_S, 3072)
+    assert rows[0][3] == _aligned("replay", "resnet32", 10, 3072)
+    assert rows[-1][3] == _aligned("memo", "resnet32", 10, 3072)
 
 
 def test_quota_shrinks_as_branches_are_added() -> None:
-    total = der_total_bytes(10, CIFAR_G + CIFAR_S, CIFAR_IMG)
-    rows = quota_table(total, CIFAR_G, CIFAR_S, CIFAR_IMG, range(1, 11), range(10, 101, 10))
-    counts = [r.exemplars for r in rows]
+    total = 24_684_160
+    counts = [exemplars_that_fit(total - _model("memo", "resnet32", t), CIFAR_IMG) for t in range(1, 11)]
     assert counts == sorted(counts, reverse=True)
-    for r in rows:
-        assert r.model_bytes + r.exemplars * CIFAR_IMG <= total
+    for t, count in enumerate(counts, start=1):
+        assert _model("memo", "resnet32", t) + count * CIFAR_IMG <= total
 
 
-def test_exemplar_quota_refuses_a_model_over_budget() -> None:
-    q = exemplar_quota(10_000, 3_856, 3072, 2)
-    assert (q.total_exemplars, q.per_class, q.exemplar_bytes) == (2, 1, 6_144)
-    assert exemplar_quota(100, 100, 10, 3).total_exemplars == 0
-    with pytest.raises(ValueError, match="more than the total budget"):
-        exemplar_quota(100, 101, 10, 1)
+def test_the_byte_share_of_a_small_total() -> None:
+    policy = MemoryPolicy("bytes", 10_000)
+    assert exemplars_that_fit(10_000 - 3_856, 3072) == 2
+    assert policy.class_bytes(2, model_bytes=3_856, bytes_per_exemplar=3072) == 3_072
+    assert policy.per_class(2, model_bytes=3_856, bytes_per_exemplar=3072) == 1
+    assert exemplars_that_fit(100 - 100, 10) == 0
+    assert MemoryPolicy("bytes", 100).class_bytes(1, model_bytes=101, bytes_per_exemplar=10) == 0  # model over
     with pytest.raises(ValueError):
-        exemplar_quota(100, 10, 10, 0)
+        policy.class_bytes(0, model_bytes=10, bytes_per_exemplar=10)
 
 
 def test_per_class_quota_b0inc10() -> None:
-    assert [per_class_quota(2000, 10 * t) for t in range(1, 11)] == [
+    policy = MemoryPolicy("total", 2000)
+    assert [policy.per_class(10 * t, model_bytes=0, bytes_per_exemplar=3072) for t in range(1, 11)] == [
         200, 100, 66, 50, 40, 33, 28, 25, 22, 20,
     ]
     with pytest.raises(ValueError):
-        per_class_quota(2000, 0)
+        policy.per_class(0, model_bytes=0, bytes_per_exemplar=3072)
 
 
 def test_count_parameters_torch_module() -> None:
@@ -207,12 +207,6 @@ def test_count_parameters_duck_typed() -> None:
 
     assert count_parameters(M(3, 4), M(5)) == 12
     assert count_parameters() == 0
-
-
-def test_memory_package_does_not_import_torch() -> None:
-    code = "import sys, memo_edge.memory; print('torch' in sys.modules)"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "False"
 
 
 # ---------------------------------------------------------------- herding

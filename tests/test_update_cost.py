@@ -17,6 +17,7 @@ import memo_edge.device.update as update_module
 from memo_edge.device.update import UpdateConfig, update_package
 from memo_edge.options import UpdateOptions
 from memo_edge.export.exporter import exemplar_tasks, model_blobs, model_manifest, package_model, weight_blobs
+from memo_edge.memory.alignment import model_bytes
 from memo_edge.memory.exemplars import ExemplarSet
 from memo_edge.model import MemoNet
 from memo_edge.runtime.manifest import WEIGHTS_BRANCH, WEIGHTS_HEAD, WEIGHTS_ROLE, WEIGHTS_TRUNK, manifest_problem
@@ -43,7 +44,7 @@ def _exemplars(classes: int, per_class: int = 4) -> ExemplarSet:
 
 
 def _budget(model: MemoNet, exemplars: int = 40) -> int:
-    return model.model_bytes() + 2 * 4 * sum(p.numel() for p in model.branches[-1].parameters()) + exemplars * 3072
+    return model.model_bytes() + 2 * model_bytes(model.branches[-1]) + exemplars * 3072
 
 
 def _package(out: Path, tasks: int) -> Path:

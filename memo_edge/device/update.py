@@ -25,7 +25,7 @@ from memo_edge.errors import BudgetError, InputError
 from memo_edge.export.exporter import exemplar_tasks, model_blobs, model_manifest
 from memo_edge.export.quantize import calibration_images
 from memo_edge.export.verify import verify_package
-from memo_edge.memory.alignment import count_parameters
+from memo_edge.memory.alignment import model_bytes
 from memo_edge.memory.codec import RAW, parse_codec
 from memo_edge.memory.policy import MemoryPolicy
 from memo_edge.model import MemoNet, create_backbone
@@ -55,7 +55,7 @@ class UpdateConfig:
 def branch_bytes(manifest: Manifest) -> int:
     """Bytes one more branch adds to the model side of the budget."""
     spec = create_backbone(manifest.model.backbone, split=manifest.model.split)
-    return 4 * count_parameters(spec.new_branch())
+    return model_bytes(spec.new_branch())
 
 
 def check_budget(manifest: Manifest, new_classes: int) -> None:

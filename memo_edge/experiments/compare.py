@@ -24,10 +24,9 @@ from matplotlib.figure import Figure
 from memo_edge.data.datasets import dataset_dirs, load_dataset
 from memo_edge.data.scenario import build_scenario
 from memo_edge.errors import InputError
-from memo_edge.model.methods import get_method, method_model_bytes
-from memo_edge.memory.alignment import der_total_bytes, exemplar_bytes, exemplars_that_fit
+from memo_edge.model.methods import aligned_budget_bytes, get_method, method_model_bytes
+from memo_edge.memory.alignment import exemplar_bytes, exemplars_that_fit
 from memo_edge.memory.codec import parse_codec
-from memo_edge.model import split_parameter_counts
 from memo_edge.train.config import TrainConfig, default_scenario
 from memo_edge.train.run import train
 from memo_edge.train.rundir import holds_run_of
@@ -71,7 +70,7 @@ def arm_label(method: str, codec: str) -> str:
 def budget_bytes(budget: str, backbone: str, num_tasks: int, bytes_per_exemplar: int) -> int:
     """``aligned`` (DER: T backbones + 2,000 exemplars) or a size in MiB, as bytes."""
     if budget.strip().lower() == "aligned":
-        return der_total_bytes(num_tasks, sum(split_parameter_counts(backbone)), bytes_per_exemplar)
+        return aligned_budget_bytes(backbone, num_tasks, bytes_per_exemplar)
     try:
         return int(float(budget) * MIB)
     except ValueError:

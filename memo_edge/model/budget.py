@@ -15,21 +15,18 @@ import numpy as np
 from memo_edge.data.datasets import load_dataset
 from memo_edge.data.scenario import build_scenario, parse_scenario
 from memo_edge.errors import InvalidValue
-from memo_edge.memory.alignment import (
-    aligned_table,
-    der_total_bytes,
-    exemplar_bytes,
-    exemplars_that_fit,
-    memo_model_bytes,
-    quota_table,
-)
+from memo_edge.memory.alignment import exemplar_bytes, exemplars_that_fit, param_bytes
 from memo_edge.memory.codec import Codec, parse_codec
+from memo_edge.memory.policy import MemoryPolicy
 from memo_edge.model import split_parameter_counts
+from memo_edge.model.methods import METHODS, aligned_budget_bytes, method_model_bytes
 
 __all__ = ["BudgetRequest", "budget_report", "format_budget_report", "STANDARD_SCENARIOS"]
 
 # The reference's table rows (on a 100-class dataset).
 STANDARD_SCENARIOS = ("B0Inc5", "B0Inc10", "B0Inc20", "B50Inc5", "B50Inc10", "B50Inc25")
+# The aligned table's columns: the paper's names for the methods of the comparison.
+_COLUMNS = (("memo", "memo"), ("single_backbone", "replay"), ("der", "der"))
 
 
 @dataclass(frozen=True)
@@ -74,43 +71,60 @@ def _num_tasks(spec: str, classes: int) -> int:
     return build_scenario(spec, classes, shuffle=False).num_tasks
 
 
+def _aligned_row(req: BudgetRequest, spec: str, img: int, mean: int | None) -> dict[str, Any]:
+    """One scenario of the aligned table: each method's exemplars at DER's bytes (and at the codec's size)."""
+    tasks = _num_tasks(spec, req.classes)
+    total = aligned_budget_bytes(req.backbone, tasks, img, req.base_exemplars)
+    row: dict[str, Any] = {"scenario": spec, "num_tasks": tasks}
+    for key, name in _COLUMNS:
+        row[f"{key}_exemplars"] = exemplars_that_fit(total - _model_bytes(req, name, tasks), img)
+    row["der_total_bytes"] = total
+    for key, name in _COLUMNS if mean is not None else ():
+        row[f"{key}_codec_exemplars"] = exemplars_that_fit(total - _model_bytes(req, name, tasks), mean)
+    return row
+
+
+def _quota_rows(req: BudgetRequest, total: int, boundaries: list[int], img: int, mean: int | None) -> list[dict[str, Any]]:
+    """MEMO on a device with ``total`` fixed: each new branch shrinks the exemplar memory (the device's rule)."""
+    policy, rows = MemoryPolicy("bytes", total), []
+    for tasks, seen in enumerate(boundaries, start=1):
+        model = _model_bytes(req, "memo", tasks)
+        row = {"tasks": tasks, "model_bytes": model, "exemplar_bytes": total - model,
+               "exemplars": exemplars_that_fit(total - model, img),
+               "per_class": policy.per_class(seen, model_bytes=model, bytes_per_exemplar=img)}
+        if mean is not None:
+            row |= {"codec_exemplars": exemplars_that_fit(total - model, mean),
+                    "codec_per_class": policy.class_bytes(seen, model_bytes=model, bytes_per_exemplar=img) // mean}
+        rows.append(row)
+    return rows
+
+
+def _model_bytes(req: BudgetRequest, method: str, tasks: int) -> int:
+    return method_model_bytes(METHODS[method], req.backbone, tasks, split=req.split)
+
+
 def budget_report(req: BudgetRequest) -> dict[str, Any]:
     trunk, branch = split_parameter_counts(req.backbone, split=req.split)
     img = exemplar_bytes((req.image_size, req.image_size, req.channels))
-    specs = [s for s in STANDARD_SCENARIOS if parse_scenario(s)[0] < req.classes]
-    rows = aligned_table(trunk, branch, img, [(s, _num_tasks(s, req.classes)) for s in specs], req.base_exemplars)
-    scenario = build_scenario(req.scenario, req.classes, shuffle=False)
-    tasks = scenario.num_tasks
-    total = der_total_bytes(tasks, trunk + branch, img, req.base_exemplars)
-    quota = quota_table(total, trunk, branch, img, list(range(1, tasks + 1)), scenario.boundaries())
     codec = parse_codec(req.exemplar_codec)
     sized = codec_mean_bytes(req, codec)
-    if sized is not None:  # the same bytes at the codec's mean size
-        mean = sized["mean_bytes"]
-        rows_json = [asdict(r) for r in rows]
-        for row in rows_json:
-            tasks = row["num_tasks"]
-            for key, model in (("memo", memo_model_bytes(tasks, trunk, branch)),
-                               ("single_backbone", memo_model_bytes(1, trunk, branch)),  # one backbone
-                               ("der", tasks * memo_model_bytes(1, trunk, branch))):  # T backbones
-                row[f"{key}_codec_exemplars"] = exemplars_that_fit(row["der_total_bytes"] - model, mean)
-        quota_json = [asdict(r) | {"codec_exemplars": exemplars_that_fit(r.exemplar_bytes, mean),
-                                   "codec_per_class": exemplars_that_fit(r.exemplar_bytes, mean) // seen}
-                      for r, seen in zip(quota, scenario.boundaries())]
-        sized = {"codec": codec.spec, "raw_bytes": img, **sized}
-    else:
-        rows_json, quota_json = [asdict(r) for r in rows], [asdict(r) for r in quota]
+    mean = None if sized is None else sized["mean_bytes"]  # the same bytes at the codec's mean size
+    specs = [s for s in STANDARD_SCENARIOS if parse_scenario(s)[0] < req.classes]
+    scenario = build_scenario(req.scenario, req.classes, shuffle=False)
+    total = aligned_budget_bytes(req.backbone, scenario.num_tasks, img, req.base_exemplars)
+    model = param_bytes(trunk + branch)
     return {
         "request": asdict(req),
         "trunk_parameters": trunk,
         "branch_parameters": branch,
         "model_parameters": trunk + branch,
-        "model_bytes": 4 * (trunk + branch),
+        "model_bytes": model,
         "bytes_per_exemplar": img,
-        "exemplars_per_model": exemplars_that_fit(4 * (trunk + branch), img),
-        "aligned": rows_json,
-        "quota": {"scenario": req.scenario, "total_bytes": total, "rows": quota_json},
-        "codec": sized,  # None under raw
+        "exemplars_per_model": exemplars_that_fit(model, img),
+        "aligned": [_aligned_row(req, spec, img, mean) for spec in specs],
+        "quota": {"scenario": req.scenario, "total_bytes": total,
+                  "rows": _quota_rows(req, total, scenario.boundaries(), img, mean)},
+        "codec": None if sized is None else {"codec": codec.spec, "raw_bytes": img, **sized},  # None under raw
     }
 
 

@@ -11,12 +11,18 @@ Each is MemoNet with other settings (one table, the single source of truth):
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 from memo_edge.errors import InvalidValue
-from memo_edge.memory.alignment import der_total_bytes, exemplars_that_fit
+from memo_edge.memory.alignment import BASE_EXEMPLARS, exemplars_that_fit, param_bytes
 from memo_edge.model import split_parameter_counts
+from memo_edge.utils.checks import check_int
 
-__all__ = ["Method", "METHODS", "method_names", "get_method", "method_model_bytes", "aligned_exemplars"]
+__all__ = ["Method", "METHODS", "method_names", "get_method", "method_model_bytes", "aligned_budget_bytes",
+           "aligned_exemplars"]
+
+# Building a backbone to count it takes up to a second (ResNet-18); the counts never change.
+_parameter_counts = lru_cache(maxsize=None)(split_parameter_counts)
 
 
 @dataclass(frozen=True)
@@ -53,17 +59,30 @@ def get_method(name: str) -> Method:
 
 
 def method_model_bytes(method: Method, backbone: str, num_tasks: int, *, split: int | None = None) -> int:
-    """Model bytes of ``method`` after ``num_tasks`` tasks, counted on freshly built modules."""
-    trunk, branch = split_parameter_counts(backbone, split=method.resolved_split(split))
-    return 4 * (trunk + (num_tasks if method.grow else 1) * branch)
+    """Model bytes of ``method`` after ``num_tasks`` tasks: the trunk and a branch per task (one branch for
+    all tasks if it does not grow), counted on freshly built modules at the method's split.
+
+    The one model-bytes rule of the comparison, the budget report and the trainer's aligned memory.
+    """
+    num_tasks = check_int("num_tasks", num_tasks, minimum=1)
+    trunk, branch = _parameter_counts(backbone, split=method.resolved_split(split))
+    return param_bytes(trunk + (num_tasks if method.grow else 1) * branch)
+
+
+def aligned_budget_bytes(backbone: str, num_tasks: int, bytes_per_exemplar: int,
+                         base_exemplars: int = BASE_EXEMPLARS) -> int:
+    """The paper's equal budget: what DER holds after ``num_tasks`` tasks (a whole backbone per task) plus
+    ``base_exemplars`` exemplars (CIFAR-100 B0Inc10 with ResNet-32: 24,684,160 B)."""
+    base_exemplars = check_int("base_exemplars", base_exemplars)
+    bytes_per_exemplar = check_int("bytes_per_exemplar", bytes_per_exemplar, minimum=1)
+    return method_model_bytes(METHODS["der"], backbone, num_tasks) + base_exemplars * bytes_per_exemplar
 
 
 def aligned_exemplars(method: Method, backbone: str, num_tasks: int, bytes_per_exemplar: int, *,
-                      split: int | None = None, base_exemplars: int = 2000) -> int:
-    """Exemplars ``method`` gets when its model + exemplars take DER's bytes (T backbones + 2000 exemplars).
+                      split: int | None = None, base_exemplars: int = BASE_EXEMPLARS) -> int:
+    """Exemplars ``method`` gets when its model + exemplars take DER's bytes (``aligned_budget_bytes``).
 
     CIFAR-100 B0Inc10 with ResNet-32: MEMO 3312, DER 2000, single backbone 7431 (memo-reference.md).
     """
-    trunk, branch = split_parameter_counts(backbone)
-    total = der_total_bytes(num_tasks, trunk + branch, bytes_per_exemplar, base_exemplars)
+    total = aligned_budget_bytes(backbone, num_tasks, bytes_per_exemplar, base_exemplars)
     return exemplars_that_fit(total - method_model_bytes(method, backbone, num_tasks, split=split), bytes_per_exemplar)

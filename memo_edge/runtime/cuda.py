@@ -12,18 +12,27 @@ cuda-python moved its runtime module: ``cuda.bindings.runtime`` since 12.6 (and 
 from __future__ import annotations
 
 import importlib
+from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
 import numpy as np
 
 from memo_edge.errors import MemoEdgeError
-from memo_edge.runtime.engine_cache import GpuInfo
 
-__all__ = ["CUDA_MISSING", "load_cudart", "check", "Cuda", "cuda_gpu_probe"]
+__all__ = ["CUDA_MISSING", "GpuInfo", "load_cudart", "check", "Cuda", "cuda_gpu_probe"]
 
 CUDA_MISSING = "cuda-python is not installed: pip install 'memo-edge[trt]' (it brings tensorrt and cuda-python)"
 _MODULE_PATHS = ("cuda.bindings.runtime", "cuda.cudart")
+
+
+@dataclass(frozen=True)
+class GpuInfo:
+    """What a GPU probe reports: the device TensorRT will build for (and run on); the engine cache keys
+    engines by its compute capability."""
+
+    compute_capability: str
+    name: str
 
 
 def load_cudart() -> ModuleType:

@@ -25,6 +25,8 @@ from typing import TYPE_CHECKING, Any
 
 from memo_edge.errors import InvalidValue, MemoEdgeError
 from memo_edge.options import ENGINE_PRECISIONS as PRECISIONS  # of TensorRT engines
+from memo_edge.runtime import cuda
+from memo_edge.runtime.cuda import GpuInfo
 from memo_edge.utils.io import sha256_file
 
 __all__ = [
@@ -125,14 +127,6 @@ class TrtEnvironment:
 
 
 @dataclass(frozen=True)
-class GpuInfo:
-    """What a GPU probe reports: the device TensorRT will build for (and run on)."""
-
-    compute_capability: str
-    name: str
-
-
-@dataclass(frozen=True)
 class GraphSpec:
     """One ONNX graph of a package to compile."""
 
@@ -202,8 +196,6 @@ def probe_environment(
 
 def _cuda_gpu_probe() -> GpuInfo | None:
     """The first GPU, through the CUDA runtime (cuda-python); None when there is none to see."""
-    from memo_edge.runtime import cuda  # lazily: cuda imports GpuInfo from here
-
     try:
         return cuda.cuda_gpu_probe(cuda.load_cudart())
     except MemoEdgeError:
