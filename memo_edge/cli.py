@@ -18,7 +18,8 @@ import numpy as np
 from memo_edge import __version__
 from memo_edge.errors import InputError, as_error, code_of, exit_status
 from memo_edge.options import ENGINE_PRECISIONS, UpdateOptions
-from memo_edge.serve.command import backend_option, graph_precision_option, renamed_option, serve as serve_command
+from memo_edge.serve.command import backend_option, graph_precision_option, serve as serve_command
+from memo_edge.utils.click_options import renamed_option
 from memo_edge.cli_options import record_options, run_config, run_options
 
 __all__ = ["main"]

@@ -1,6 +1,6 @@
 """The click options of a training run, shared by ``train``, ``compare`` and ``curve``; those of
 ``update``, generated from ``memo_edge.options.UpdateOptions``; and renamed options that keep their
-old name as a hidden alias (``renamed_option``). Click and the torch-free options module only (like
+old name as a hidden alias (``utils/click_options.renamed_option``). Click and the torch-free options module only (like
 ``memo_edge/serve/command.py``): the CLI imports no layer of the trainer before a command runs;
 ``memo_edge/cli.py`` applies them.
 """
@@ -14,7 +14,7 @@ from typing import Any
 import click
 
 from memo_edge.options import SCHEDULES, TRAIN_PRECISIONS, OptionSpec, option_specs
-from memo_edge.serve.command import renamed_option
+from memo_edge.utils.click_options import renamed_option
 
 __all__ = ["RUN_OPTIONS", "run_options", "run_config", "record_options"]
 

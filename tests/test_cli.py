@@ -147,7 +147,7 @@ def test_each_precision_is_named_for_what_it_sets(command: str, new: str, old: s
 def test_a_renamed_option_keeps_its_old_name_with_one_warning() -> None:
     from click.testing import CliRunner
 
-    from memo_edge.serve.command import renamed_option
+    from memo_edge.utils.click_options import renamed_option
 
     @click.command()
     @renamed_option("--graph-precision", "precision", old="--precision", type=click.Choice(["auto", "fp32"]),
