@@ -18,6 +18,7 @@ from memo_edge.utils.click_options import renamed_option
 
 __all__ = ["serve", "backend_option", "graph_precision_option"]
 
+
 def backend_option(f: Any) -> Any:
     return click.option("--backend", default="auto", show_default=True,
                         help="auto, tensorrt, ort-trt, ort-cuda or ort-cpu (auto: the fastest available).")(f)
