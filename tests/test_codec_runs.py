@@ -126,11 +126,13 @@ def test_codec_mix_needs_a_lossy_codec(base: dict[str, Path], tmp_path: Path) ->
     assert result.exit_code == 2 and "stores its exemplars as raw" in result.output, result.output
 
 
-def test_a_raw_package_manifest_is_written_as_before(base: dict[str, Path]) -> None:
+def test_a_raw_package_manifest_names_its_codec(base: dict[str, Path]) -> None:
+    """Format 2 writes every budget field, raw's codec too (format 1 left it out: runtime/formats.py)."""
     with sqlite3.connect(base["pkg"] / "catalog.sqlite") as conn:
         manifest = json.loads(conn.execute("SELECT manifest FROM versions WHERE version = 1").fetchone()[0])
     assert set(manifest["budget"]) == {"total_bytes", "model_bytes", "exemplar_bytes", "bytes_per_exemplar",
-                                       "exemplars", "per_class"}
+                                       "exemplars", "per_class", "codec", "codec_header"}
+    assert manifest["budget"]["codec"] == "raw"
     assert open_package(base["pkg"]).manifest.budget.codec == "raw"
 
 
