@@ -73,7 +73,8 @@ def cmd_prepare(args: argparse.Namespace) -> None:
 
     from memo_edge.data.datasets import load_dataset
     from memo_edge.data.scenario import make_class_order
-    from memo_edge.model import split_parameter_counts
+    from memo_edge.memory.alignment import exemplar_bytes
+    from memo_edge.model.methods import METHODS, method_model_bytes
 
     out = Path(args.out)
     digits, order = load_dataset("digits"), make_class_order(10, seed=1993)  # the order `train` uses
@@ -86,9 +87,9 @@ def cmd_prepare(args: argparse.Namespace) -> None:
         idx = [int(i) for i in np.flatnonzero(np.asarray(digits.train.labels) == c)]
         for i, image in zip(idx, digits.train.take(idx)):
             Image.fromarray(image).save(folder / f"{i}.png")
-    trunk, branch = split_parameter_counts(args.backbone)
     tasks = args.classes // args.per_task + 1  # the exported tasks + the update's
-    (out / "budget.txt").write_text(f"{4 * (trunk + tasks * branch) + args.memory * 3072}\n")
+    model = method_model_bytes(METHODS["memo"], args.backbone, tasks)
+    (out / "budget.txt").write_text(f"{model + args.memory * exemplar_bytes(digits.image_shape)}\n")
 
 
 def _softmax(logits: np.ndarray) -> np.ndarray:

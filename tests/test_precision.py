@@ -30,7 +30,7 @@ def test_precision_resolution_on_the_cpu() -> None:
     assert resolve_precision("auto", CPU) == ("bf16" if cpu_bf16_native() else "fp32")
     with pytest.raises(InputError, match="fp16 needs a CUDA GPU"):
         resolve_precision("fp16", CPU)
-    with pytest.raises(InputError, match="--precision must be one of"):
+    with pytest.raises(InputError, match="--train-precision must be one of"):
         resolve_precision("int4", CPU)
 
 

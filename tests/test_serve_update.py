@@ -179,7 +179,7 @@ def test_refused_updates_are_4xx_json_and_change_nothing(pkg: Path, base: dict[s
         (400, "epochs='0'", class_folder_zip(x, y, names), "application/zip", "epochs=0"),
         (400, "unknown parameter 'lr'", class_folder_zip(x, y, names), "application/zip", "lr=1"),
         (400, "int8='maybe': expected true or false", class_folder_zip(x, y, names), "application/zip", "int8=maybe"),
-        (400, "--precision fp16 needs a CUDA GPU", class_folder_zip(x, y, names), "application/zip",
+        (400, "--train-precision fp16 needs a CUDA GPU", class_folder_zip(x, y, names), "application/zip",
          "precision=fp16"),  # refused by `update` itself, before any training
         (415, "content-type image/png", png(x[0]), "image/png", QUICK),
     ]

@@ -63,11 +63,12 @@ def check_budget(manifest: Manifest, new_classes: int) -> None:
     b = manifest.budget
     model_after = b.model_bytes + branch_bytes(manifest)
     seen = len(manifest.class_names) + new_classes
-    # Under a codec an exemplar's size is known once it is encoded: the stored ones' mean stands in.
-    each = b.bytes_per_exemplar if b.codec == "raw" else -(-b.exemplar_bytes // max(b.exemplars, 1))
+    # An encoded exemplar's size is known once it is encoded: the stored ones' mean stands in.
+    fixed = parse_codec(b.codec).fixed_size(b.bytes_per_exemplar)
+    each = fixed if fixed is not None else -(-b.exemplar_bytes // max(b.exemplars, 1))
     needed = model_after + seen * each
     if needed > b.total_bytes:
-        about = "" if b.codec == "raw" else f", {each:,} B each as {b.codec} on average"
+        about = "" if fixed is not None else f", {each:,} B each as {b.codec} on average"
         raise BudgetError(
             f"the budget cannot fit another task: model {model_after:,} B + one exemplar for each of {seen} classes "
             f"({seen * each:,} B{about}) needs {needed:,} B of {b.total_bytes:,} B; "

@@ -92,10 +92,7 @@ def method_exemplars(method: str, backbone: str, num_tasks: int, total: int, byt
 
 
 def _model_bytes(method: str, backbone: str, num_tasks: int, split: int | None) -> int:
-    try:
-        return method_model_bytes(get_method(method), backbone, num_tasks, split=split)
-    except ValueError as exc:  # e.g. a --split the backbone does not have
-        raise InputError(str(exc)) from None
+    return method_model_bytes(get_method(method), backbone, num_tasks, split=split)
 
 
 def codec_specs(value: str) -> list[str]:

@@ -60,11 +60,8 @@ def check_options(options: TaskOptions, device: torch.device, codec: Codec) -> t
 
     Needs no data: what the ``--nproc`` launcher checks before it starts any process.
     """
-    try:
-        recipes = tuple(paper_recipe(task, epochs=epochs, schedule=options.schedule, batch_size=options.batch_size)  # type: ignore[arg-type]
-                        for task, epochs in ((0, options.init_epochs), (1, options.epochs)))
-    except ValueError as exc:
-        raise InputError(str(exc)) from None
+    recipes = tuple(paper_recipe(task, epochs=epochs, schedule=options.schedule, batch_size=options.batch_size)  # type: ignore[arg-type]
+                    for task, epochs in ((0, options.init_epochs), (1, options.epochs)))
     precision = resolve_precision(options.precision, device)
     if not 0.0 <= options.codec_mix <= 1.0:
         raise InputError(f"--codec-mix must be a probability in [0, 1], got {options.codec_mix}")

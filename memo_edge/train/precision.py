@@ -53,16 +53,16 @@ def resolve_precision(precision: str | None, device: torch.device) -> str:
     """``precision`` as it will run on ``device`` (``auto`` resolved); a mistake is an InputError."""
     name = (precision or "fp32").strip().lower()
     if name not in PRECISIONS:
-        raise InputError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+        raise InputError(f"--train-precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     if name == "auto":
         if device.type == "cuda":
             return "bf16" if torch.cuda.is_bf16_supported(including_emulation=False) else "fp16"
         return "bf16" if device.type == "cpu" and cpu_bf16_native() else "fp32"
     if name == "fp16" and device.type != "cuda":
-        raise InputError(f"--precision fp16 needs a CUDA GPU (it trains with a gradient scaler there); on {device.type} "
+        raise InputError(f"--train-precision fp16 needs a CUDA GPU (it trains with a gradient scaler there); on {device.type} "
                          "use bf16 or fp32")
     if name == "bf16" and device.type not in ("cpu", "cuda"):
-        raise InputError(f"--precision bf16 runs on cpu or cuda, not on {device.type}")
+        raise InputError(f"--train-precision bf16 runs on cpu or cuda, not on {device.type}")
     return name
 
 

@@ -99,11 +99,8 @@ def _checked(config: TrainConfig) -> tuple[Method, torch.device, Codec]:
     """What the config names that needs no data: method, device, codec (user mistakes: InputError)."""
     if config.backbone not in backbone_names():
         raise InputError(f"unknown backbone {config.backbone!r}; choose from {', '.join(backbone_names())}")
-    try:
-        method = get_method(config.method)
-        split_parameter_counts(config.backbone, split=method.resolved_split(config.split))
-    except ValueError as exc:
-        raise InputError(str(exc)) from None
+    method = get_method(config.method)  # InvalidValue (an InputError) for an unknown method or split
+    split_parameter_counts(config.backbone, split=method.resolved_split(config.split))
     world = current_world()
     if config.batch_size < world.size:
         raise InputError(f"--batch-size {config.batch_size} is the global batch, shared by {world.size} processes: "
