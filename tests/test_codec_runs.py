@@ -136,6 +136,7 @@ def test_a_raw_package_manifest_names_its_codec(base: dict[str, Path]) -> None:
     assert open_package(base["pkg"]).manifest.budget.codec == "raw"
 
 
+@pytest.mark.slow
 def test_compare_takes_codecs_as_a_dimension(tmp_path: Path) -> None:
     data = write_npz(tmp_path / "data", list(ORDER[:4]))
     out = tmp_path / "cmp"

@@ -60,6 +60,7 @@ def test_small_budgets_get_smaller_backbones() -> None:
     assert choose_backbone("der", int(7.6 * mib), 10, 100, 3072) is None  # 10 x ResNet-14 = 6.56 MiB
 
 
+@pytest.mark.slow
 def test_a_tiny_compare_run_writes_the_table_and_the_plot(tmp_path: Path) -> None:
     args = ["compare", "--dataset", "digits", "--scenario", "B0Inc4", "--backbone", "resnet8", "--init-epochs", "1",
             "--epochs", "1", "--batch-size", "64", "--device", "cpu", "--methods", "memo,replay", "--out", tmp_path]
@@ -76,6 +77,7 @@ def test_a_tiny_compare_run_writes_the_table_and_the_plot(tmp_path: Path) -> Non
     assert again.exit_code == 0 and json.loads((tmp_path / "comparison.json").read_text())["rows"] == rows
 
 
+@pytest.mark.slow
 def test_compare_with_a_split_keeps_every_method_within_the_budget(tmp_path: Path) -> None:
     # --split 1: MEMO's branches take stages 2 and 3, so its model is bigger than at the default cut and
     # leaves fewer exemplars; sizing them at the default cut would train over the stated budget.

@@ -291,6 +291,7 @@ def readonly_ok(tmp_path: Path) -> None:
         pytest.skip("running as root without a private mount namespace: no way to make a directory read-only")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("legacy_wal", [False, True], ids=["catalog", "catalog-in-wal-mode"])
 def test_a_package_on_read_only_storage_opens_predicts_and_refuses_writes(
         base: dict[str, Path], tmp_path: Path, readonly_ok: None, legacy_wal: bool) -> None:
@@ -375,6 +376,7 @@ def test_train_to_a_file_is_a_user_error(tmp_path: Path) -> None:
     assert target.read_text() == "mine" and sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]
 
 
+@pytest.mark.slow
 def test_export_into_a_read_only_directory_is_a_user_error(base: dict[str, Path], tmp_path: Path,
                                                            readonly_ok: None) -> None:
     parent = tmp_path / "ro"

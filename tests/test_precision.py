@@ -134,6 +134,7 @@ def test_resnet18_branches_keep_the_plain_loop() -> None:
     assert not model.stack_frozen_branches()
 
 
+@pytest.mark.slow
 def test_bf16_training_runs_end_to_end_on_the_cpu(tmp_path: Path) -> None:
     config = TrainConfig(out=str(tmp_path / "run"), dataset="digits", scenario="B0Inc2", classes=6, backbone="resnet8",
                          init_epochs=1, epochs=1, batch_size=64, memory="20", device="cpu", precision="bf16",

@@ -165,6 +165,7 @@ def test_a_killed_services_uploads_are_removed_when_the_next_one_starts(pkg: Pat
 # --- jobs in the service ----------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_refused_updates_are_4xx_json_and_change_nothing(pkg: Path, base: dict[str, Path]) -> None:
     x, y, names = new_classes(base["task4"])
     before = tree_digest(pkg.parent)  # the package and the upload directories beside it
@@ -200,6 +201,7 @@ def test_refused_updates_are_4xx_json_and_change_nothing(pkg: Path, base: dict[s
     assert tree_digest(pkg.parent) == before
 
 
+@pytest.mark.slow
 def test_clients_predict_without_a_failure_while_a_job_commits_and_a_rollback_follows(
         pkg: Path, base: dict[str, Path]) -> None:
     x, y, names = new_classes(base["task4"])
@@ -268,6 +270,7 @@ def test_clients_predict_without_a_failure_while_a_job_commits_and_a_rollback_fo
     assert sorted(v.version for v in list_versions(pkg)) == [1, 2]
 
 
+@pytest.mark.slow
 def test_a_killed_training_child_fails_its_job_and_the_service_carries_on(pkg: Path, base: dict[str, Path]) -> None:
     x, y, names = new_classes(base["task4"])
     with served(pkg) as server, httpx.Client(base_url=server.url, timeout=120) as http:

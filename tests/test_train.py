@@ -81,6 +81,7 @@ class _Stop(Exception):
     pass
 
 
+@pytest.mark.slow
 def test_resume_gives_the_same_metrics_as_an_uninterrupted_run(tmp_path: Path) -> None:
     full = train(_config(tmp_path / "full"))
 
@@ -97,6 +98,7 @@ def test_resume_gives_the_same_metrics_as_an_uninterrupted_run(tmp_path: Path) -
     assert resumed["complete"] and len(resumed["tasks"]) == 3
 
 
+@pytest.mark.slow
 def test_run_writes_results_checkpoints_and_plots(tmp_path: Path) -> None:
     results = train(_config(tmp_path / "run"))
     run = tmp_path / "run"
