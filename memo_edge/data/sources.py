@@ -24,7 +24,7 @@ from memo_edge.errors import InputError
 
 __all__ = [
     "ImageSource", "ArraySource", "FolderSource", "ConcatSource", "concat_sources", "image_file_size", "warn_resized",
-    "eval_resize", "resize_center_crop",
+    "DEFAULT_AUGMENT", "eval_resize", "resize_center_crop",
 ]
 
 log = logging.getLogger(__name__)
@@ -203,6 +203,11 @@ def warn_resized(source: ImageSource, where: str, *, shown: int = 5) -> int:
             source.resize_to, size, size,
         )
     return count
+
+
+# The augmentation policy of data (and of runs and packages) that does not name one: the only kind there
+# was at first, so older run headers and format-1 manifests mean it.
+DEFAULT_AUGMENT = "cifar"
 
 
 def eval_resize(size: int, augment: str) -> int:

@@ -15,13 +15,11 @@ import copy
 from collections.abc import Callable
 from typing import Any
 
-from memo_edge.data.sources import eval_resize
+from memo_edge.data.sources import DEFAULT_AUGMENT, eval_resize
 
 __all__ = ["FORMAT_VERSION", "MIGRATIONS", "DEFAULT_AUGMENT", "format_number", "format_problem", "migrate_manifest"]
 
 FORMAT_VERSION = 2
-# The augmentation of a package whose manifest does not name one: the only kind format 1 had at first.
-DEFAULT_AUGMENT = "cifar"
 
 Step = Callable[[dict[str, Any]], None]  # edits a manifest's JSON in place
 
@@ -56,7 +54,8 @@ MIGRATIONS: dict[int, tuple[Step, ...]] = {
 
 def format_number(found: object) -> int | None:
     """The format a catalog (text) or manifest (a number) says it is in; None if it says no number."""
-    return int(found) if isinstance(found, (int, str)) and str(found).isdigit() else None
+    text = str(found)
+    return int(text) if isinstance(found, (int, str)) and text.isascii() and text.isdigit() else None
 
 
 def format_problem(found: object) -> str | None:

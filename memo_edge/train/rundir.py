@@ -12,7 +12,7 @@ from typing import Any
 
 from memo_edge.data.datasets import Dataset, keep_classes, load_dataset
 from memo_edge.data.scenario import Scenario, make_class_order, remap, task_subset
-from memo_edge.data.sources import ImageSource
+from memo_edge.data.sources import DEFAULT_AUGMENT, ImageSource
 from memo_edge.errors import InputError
 from memo_edge.memory.policy import MemoryPolicy
 from memo_edge.train.config import TrainConfig
@@ -56,7 +56,7 @@ class RunHeader:
     device: str  # where it started
     versions: dict[str, str]  # memo_edge, torch, torchvision, numpy, python
     image_shape: tuple[int, int, int] | None = None
-    augment: str = "cifar"  # the augmentation policy (cifar or imagenet); runs before it was recorded: cifar
+    augment: str = DEFAULT_AUGMENT  # the augmentation policy (cifar or imagenet)
     mean: tuple[float, ...] | None = None  # the normalisation of the images
     std: tuple[float, ...] | None = None
     precision: str | None = None  # as it ran: "auto" resolved on that hardware
@@ -97,7 +97,7 @@ class RunHeader:
             device=str(data["device"]),
             versions=dict(data["versions"]),
             image_shape=None if shape is None else tuple(int(s) for s in shape),  # type: ignore[arg-type]
-            augment=str(data.get("augment", "cifar")),
+            augment=str(data.get("augment", DEFAULT_AUGMENT)),
             mean=None if norm is None else tuple(float(v) for v in norm["mean"]),
             std=None if norm is None else tuple(float(v) for v in norm["std"]),
             precision=data.get("precision"),
