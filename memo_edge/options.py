@@ -65,7 +65,7 @@ class OptionSpec:
 
     def parse(self, raw: str, given_as: str | None = None) -> Any:
         """A query parameter's text as this field's value; InputError naming the parameter otherwise."""
-        what = f"{given_as or self.name}={raw!r}"
+        what = f"{given_as or self.name}={raw if len(raw) <= 40 else raw[:37] + '...'!r}"
         if self.is_flag:
             if raw.lower() not in ("true", "false", "1", "0"):
                 raise InputError(f"{what}: expected true or false")
@@ -75,8 +75,10 @@ class OptionSpec:
                 raise InputError(f"{what}: expected {' or '.join(self.choices)}")
             return raw
         if self.kind in (int, int | None):
-            # ASCII digits only: str.isdigit() also takes "²", which int() then refuses.
-            if not (raw.isascii() and raw.isdigit()) or (self.least is not None and int(raw) < self.least):
+            # ASCII digits only: str.isdigit() also takes "²", which int() then refuses; at most 18 of them,
+            # as int() refuses thousands of digits (and no count here needs more).
+            if (not (raw.isascii() and raw.isdigit()) or len(raw) > 18
+                    or (self.least is not None and int(raw) < self.least)):
                 raise InputError(f"{what}: expected a whole number >= {self.least or 0:g}")
             return int(raw)
         if self.kind in (float, float | None):

@@ -311,7 +311,7 @@ def test_update_options_map_to_the_update_command() -> None:
     for bad in ("1.5", "-0.1", "nan", "half"):
         with pytest.raises(InputError, match="codec_mix"):
             UpdateOptions.from_query({"codec_mix": bad})
-    for bad in ("\u00b2", "\u0663", "+3", " 3", "3.0", "-1"):  # ASCII digits only: "²" and "٣" pass str.isdigit()
+    for bad in ("\u00b2", "\u0663", "+3", " 3", "3.0", "-1", "9" * 5000):  # ASCII digits only: "²" and "٣" pass str.isdigit()
         with pytest.raises(InputError, match="epochs=.*expected a whole number >= 1"):
             UpdateOptions.from_query({"epochs": bad})
     old = []  # the old name of train_precision still works, and is heard as old
