@@ -44,9 +44,9 @@ TARGETS = {"ratio": 0.80, "rss_mb": 250.0}  # concurrency 32 with batching vs be
 PER_CLASS = 20
 
 
-def build(out: Path) -> Path:
-    """ResNet-32, 10 tasks of 10 classes, PER_CLASS exemplars a class, room for the updates' branches."""
-    random_package(out, 10, per_class=PER_CLASS, spare_branches=2, int8=True)
+def build(out: Path, tasks: int) -> Path:
+    """ResNet-32, ``tasks`` tasks of 10 classes, PER_CLASS exemplars a class, room for the updates' branches."""
+    random_package(out, tasks, per_class=PER_CLASS, spare_branches=2, int8=True)
     return out
 
 
@@ -163,7 +163,7 @@ async def load(port: int, concurrency: int, seconds: float, body: bytes, server_
 
 
 def run(args: argparse.Namespace, work: Path) -> dict:
-    package = build(work / "pkg-T10")
+    package = build(work / f"pkg-T{args.tasks}", args.tasks)
     reference = bench(package, backends=["ort-cpu"], batches=[32], iterations=args.bench_iterations, warmup=5,
                       precision=args.precision)[0]
     body = npy(np.random.default_rng(1).integers(0, 256, (1, *CIFAR.shape), dtype=np.uint8))
@@ -220,18 +220,19 @@ def to_markdown(results: dict, args: argparse.Namespace) -> str:
     rss = max(results["rss_on"], results["rss_off"], results["rss_update"])
     job = results["job"]
     lines = [
-        "## Serving under load: `memo-edge serve` on the loopback, MEMO ResNet-32 at T = 10",
+        f"## Serving under load: `memo-edge serve` on the loopback, MEMO ResNet-32 at T = {args.tasks}",
         "",
         f"- when: {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC",
         f"- where: {cpu_name()}, {os.cpu_count()} logical CPUs, Python {platform.python_version()}, "
         f"1-minute load average {load_average()} at the end; clients, server and update share these CPUs",
-        f"- what: random-weight T = 10 package (100 classes, `export --int8` layout), backend ort-cpu, precision "
+        f"- what: random-weight T = {args.tasks} package ({10 * args.tasks} classes, `export --int8` layout), backend ort-cpu, precision "
         f"{ref.precision}; each request one 32x32x3 uint8 image (.npy body); {args.seconds:g} s per window; "
         f"batching on = `--max-batch 32 --max-delay-ms 5`, off = `--max-batch 1`; server CPU = user + system time "
         f"of the serving process (ONNX Runtime's threads included) per answered request, from /proc",
         f"- reference: `memo-edge bench --backend ort-cpu --batch 32` in-process throughput "
         f"{ref.images_per_s:.0f} images/s (p50 {ref.p50_ms:.1f} ms per batch of 32)",
-        f"- command: `.venv/bin/python benchmarks/serve_load.py --seconds {args.seconds:g} --write {args.write}`",
+        f"- command: `.venv/bin/python benchmarks/serve_load.py --seconds {args.seconds:g}"
+        + (f" --tasks {args.tasks}" if args.tasks != 10 else "") + f" --write {args.write}`",
         "",
         "| batching | ORT threads | during update (job state before -> after) | clients | requests | failed | "
         "p50 ms | p99 ms | images/s | server CPU ms/request |",
@@ -261,6 +262,7 @@ def to_markdown(results: dict, args: argparse.Namespace) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=10.0, help="length of each load window")
+    parser.add_argument("--tasks", type=int, default=10, help="tasks of 10 classes in the served package")
     parser.add_argument("--precision", default="auto", help="auto (int8 here), fp32 or int8")
     parser.add_argument("--bench-iterations", type=int, default=50)
     parser.add_argument("--update-epochs", type=int, default=2)

@@ -61,7 +61,7 @@ SMOKE = {
     "train_speed.py": ["--device", "cpu", "--batch", "8", "--steps", "1", "--warmup", "0", "--tasks", "1"],
     "update_speed.py": ["--tasks", "2,3", "--repeats", "1", "--exemplars", "40", "--new-per-class", "2",
                         "--no-int8-cost"],
-    "serve_load.py": ["--seconds", "0.5", "--bench-iterations", "1", "--update-epochs", "1", "--update-images", "2"],
+    "serve_load.py": ["--tasks", "1", "--seconds", "0.5", "--bench-iterations", "1", "--update-epochs", "1", "--update-images", "2"],
 }
 
 
