@@ -13,9 +13,10 @@ split with its ``on_event`` hook:
 - training: ``checked`` to ``exporting`` (model and exemplars loaded, ``learn_task``: training,
   weight alignment, herding, class means);
 - after: ``exporting`` to the return (export of the new files, verification, commit, garbage
-  collection), itself split by timers around the functions ``update.py`` and the package writer call and, inside them,
+  collection), itself split by the phases the library marks (``memo_edge.utils.phases``, recorded with
+  ``record()`` from the ``exporting`` event on) and, inside them,
   around the parts whose work grows with T: the full graph's export, PyTorch's reference through
-  every branch, the ONNX Runtime sessions and the end-to-end runs (``PHASES``; exclusive times).
+  every branch, the ONNX Runtime sessions and the end-to-end runs (``COLUMNS``; exclusive times).
 
 The non-training part is before + after. The packages are rebuilt for every repeat (an update
 changes the package) and the runs are interleaved (T = 2, 5, 10, 2, 5, 10, ...); the median of the
@@ -30,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import functools
 import hashlib
 import json
 import os
@@ -40,45 +40,26 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
 
-import memo_edge.device.update as update_module
-import memo_edge.runtime.writer as writer_module
 from memo_edge.device.update import UpdateConfig, update_package
 from memo_edge.options import UpdateOptions
-from memo_edge.export import graphs
 from memo_edge.export.quantize import calibration_images, quantize_full
-from memo_edge.model.backbones import Branch
-from memo_edge.runtime.backends.base import Backend
-from memo_edge.runtime.backends.ort import OrtBackend
 from memo_edge.runtime.package import open_package
+from memo_edge.utils.phases import record
 
 from _package import CIFAR, random_package  # noqa: E402
 from _report import cpu_name, load_average, write_section  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 TARGET = 1.3  # non-training part at T = 10 over T = 2 (the update issue)
-# Columns of the table after "before training", in order (the rest of verify and of export as remainders).
-COLUMNS = ("full_graph", "branch_graph", "model_blobs", "torch_branches", "ort_sessions", "ort_split", "ort_full",
+# Columns of the table after "before training", in order: phases the library marks (memo_edge/utils/phases.py;
+# the rest of verify and of export as remainders).
+COLUMNS = ("full_graph", "branch_graph", "model_blobs", "torch_reference", "ort_session", "split_path", "full_graph_run",
            "verify_package", "commit", "collect_garbage")
-SCALES_WITH_T = ("full_graph", "torch_branches", "ort_sessions", "ort_split", "ort_full")
-# Timed functions: (name, object, attribute, only when called inside this timed function). Times are
-# exclusive: a timed call inside another is taken out of the outer one's time, so the names add up.
-PHASES = (
-    ("model_blobs", update_module, "model_blobs", None),
-    ("full_graph", graphs, "full_graph", None),  # export of the full graph (every branch traced)
-    ("branch_graph", graphs, "branch_graph", None),  # export of the new branch's graph
-    ("verify_package", update_module, "verify_package", None),
-    ("ort_sessions", OrtBackend, "_load", None),  # one ONNX Runtime session per graph used
-    ("ort_split", Backend, "features", None),  # end to end: the trunk graph, then every branch graph
-    ("ort_full", Backend, "full_logits", None),  # end to end: the full graph
-    ("torch_branches", Branch, "forward", "verify_package"),  # PyTorch's reference: every branch
-    ("commit", writer_module.PackageWriter, "commit", None),
-    ("collect_garbage", writer_module, "collect_garbage", None),
-)
+SCALES_WITH_T = ("full_graph", "torch_reference", "ort_session", "split_path", "full_graph_run")
 
 
 def build(tasks: int, out: Path, exemplar_count: int) -> None:
@@ -101,45 +82,6 @@ def new_classes(root: Path, per_class: int) -> str:
     return f"npz:{root}"
 
 
-class Timers:
-    """Exclusive wall time inside the functions of ``PHASES``, by name, counted once ``active`` is set."""
-
-    def __init__(self) -> None:
-        self.seconds: dict[str, float] = {}
-        self.active = False
-        self._saved: list[tuple[object, str, Callable]] = []
-        self._stack: list[list] = []  # [name, time of timed calls nested in it]
-
-    def __enter__(self) -> Timers:
-        for name, owner, attribute, inside in PHASES:
-            fn = getattr(owner, attribute)
-            self._saved.append((owner, attribute, fn))
-            setattr(owner, attribute, self._wrap(name, fn, inside))
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for owner, attribute, fn in reversed(self._saved):
-            setattr(owner, attribute, fn)
-
-    def _wrap(self, name: str, fn: Callable, inside: str | None) -> Callable:
-        @functools.wraps(fn)
-        def timed(*args, **kwargs):
-            if not self.active or (inside is not None and not any(frame[0] == inside for frame in self._stack)):
-                return fn(*args, **kwargs)
-            frame = [name, 0.0]
-            self._stack.append(frame)
-            start = time.perf_counter()
-            try:
-                return fn(*args, **kwargs)
-            finally:
-                took = time.perf_counter() - start
-                self._stack.pop()
-                self.seconds[name] = self.seconds.get(name, 0.0) + took - frame[1]
-                if self._stack:
-                    self._stack[-1][1] += took
-        return timed
-
-
 def measure(tasks: int, built: Path, work: Path, data: str, args: argparse.Namespace) -> dict[str, float]:
     pkg = work / f"pkg-T{tasks}"
     shutil.rmtree(pkg, ignore_errors=True)
@@ -149,19 +91,18 @@ def measure(tasks: int, built: Path, work: Path, data: str, args: argparse.Names
 
     def on_event(event: dict) -> None:
         marks.setdefault(event["event"], (time.perf_counter(), time.process_time()))
-        if event["event"] == "exporting":  # time what follows training only (training runs the branches too)
-            timers.active = True
+        if event["event"] == "exporting":  # time what follows training only
+            took.clear()
 
-    with Timers() as timers:
+    with record() as took:
         start, cpu_start = time.perf_counter(), time.process_time()
         update_package(config, on_event=on_event)
         end, cpu_end = time.perf_counter(), time.process_time()
-    took = timers.seconds
     (checked, cpu_checked), (exporting, cpu_exporting) = marks["checked"], marks["exporting"]
     row = {"tasks": tasks, "before": checked - start, "training": exporting - checked,
            "after": end - exporting, "total": end - start,
            "rest_cpu": (cpu_checked - cpu_start) + (cpu_end - cpu_exporting),
-           **{name: took.get(name, 0.0) for name, *_ in PHASES}}
+           **{name: took.get(name, 0.0) for name in COLUMNS}}
     row["rest"] = row["before"] + row["after"]
     version = open_package(pkg)
     m = version.manifest
@@ -205,7 +146,7 @@ def to_markdown(rows: list[dict[str, float]], args: argparse.Namespace, loads: l
         f"- command: `{command}`",
         "",
         "| tasks | total (s) | training (s) | rest (s) | rest, CPU time (s) | before training | export: full graph "
-        "| export: new branch graph | export: the rest | verify: PyTorch, every branch | verify: ORT sessions "
+        "| export: new branch graph | export: the rest | verify: PyTorch (trunk, every branch, head) | verify: ORT sessions "
         "| verify: ORT split path | verify: ORT full graph | verify: the rest | commit | gc | new bytes written "
         "| graphs verified | int8 re-made (s) |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
@@ -225,18 +166,19 @@ def to_markdown(rows: list[dict[str, float]], args: argparse.Namespace, loads: l
         f"(target <= {TARGET}: {met}), {cpu_ratio:.2f}x in this process's CPU time (less disturbed by other work "
         "on the machine).",
         "",
-        f"Split by what the work is proportional to: the full graph's export, PyTorch's reference through every "
-        f"branch, the ONNX Runtime sessions of every graph and the two end-to-end runs (split path, full graph) "
+        f"Split by what the work is proportional to: the full graph's export, PyTorch's reference (through every "
+        f"branch), the ONNX Runtime sessions of every graph and the two end-to-end runs (split path, full graph) "
         f"grow with T by design: {grows[t0]:.2f} s at T = {t0:.0f}, {grows[t1]:.2f} s at T = {t1:.0f}, "
         f"{(grows[t1] - grows[t0]) / (t1 - t0):.3f} s per task. Everything else "
         f"(checks, reading the data, the new branch's graph and per-graph check, the head, weights, commit, gc): "
         f"{fixed[t0]:.2f} s at T = {t0:.0f}, {fixed[t1]:.2f} s at T = {t1:.0f}, **{fixed[t1] / fixed[t0]:.2f}x**.",
         "",
-        "Columns (times exclusive: a timed call inside another is counted once, in its own column): before training "
+        "Columns (the phases `memo_edge/utils/phases.py` marks; times exclusive: a phase inside another is counted "
+        "once, in its own column): before training "
         "= lock, package check, reading the new data; export = `model_blobs` (the full graph, the new branch's "
-        "graph; the rest: head, per-component weights); verify = `verify_package`: PyTorch's reference through "
-        "every branch, the ONNX Runtime sessions it opens, the split path end to end (trunk graph and every "
-        "branch graph), the full graph end to end; the rest: PyTorch's trunk and head, the per-graph check of "
+        "graph; the rest: head, per-component weights); verify = `verify_package`: PyTorch's reference (trunk, "
+        "every branch, head), the ONNX Runtime sessions it opens, the split path end to end (trunk graph and every "
+        "branch graph), the full graph end to end; the rest: the per-graph check of "
         "the new graphs, the comparisons; commit = writing the files and the "
         "catalog transaction; gc = garbage collection; int8 re-made = `quantize_full` of the new full graph with "
         "its calibration (not part of the update here).",

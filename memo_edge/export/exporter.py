@@ -41,6 +41,7 @@ from memo_edge.train.checkpoint import load_checkpoint, verified_states
 from memo_edge.train.results import producer_versions
 from memo_edge.train.rundir import RunHeader, read_run_header, run_test_split
 from memo_edge.utils.paths import check_separate
+from memo_edge.utils.phases import timed
 
 __all__ = ["ExportConfig", "export_run", "model_blobs", "weight_blobs", "model_manifest", "package_model", "exemplar_tasks"]
 
@@ -105,6 +106,7 @@ def torch_gpu_probe() -> GpuInfo | None:
         return None
 
 
+@timed("model_blobs")
 def model_blobs(model: MemoNet, spec: InputSpec, *, branches: Sequence[int], trunk: bool, full: bool,
                 int8_calibration: np.ndarray | None = None) -> list[Blob]:
     """Serialized files of ``model`` for a package: the named graphs, the head and the training weights

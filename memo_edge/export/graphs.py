@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from memo_edge.model import MemoNet
+from memo_edge.utils.phases import timed
 
 __all__ = ["OPSET", "IMAGE", "TRUNK_FEATURES", "FEATURES", "LOGITS", "Preprocess", "fold_batchnorm", "export_graph",
            "trunk_graph", "branch_graph", "full_graph", "initializer_names"]
@@ -128,11 +129,13 @@ def trunk_graph(model: MemoNet, mean: Sequence[float], std: Sequence[float], ima
     return export_graph(module, example, "trunk", IMAGE, TRUNK_FEATURES)
 
 
+@timed("branch_graph")
 def branch_graph(model: MemoNet, index: int, trunk_shape: tuple[int, ...]) -> Graph:
     example = torch.zeros((2, *trunk_shape), dtype=torch.float32)
     return export_graph(fold_batchnorm(model.branches[index]), example, f"branch-{index}", TRUNK_FEATURES, FEATURES)
 
 
+@timed("full_graph")
 def full_graph(model: MemoNet, mean: Sequence[float], std: Sequence[float], image_shape: tuple[int, int, int]) -> Graph:
     folded = fold_batchnorm(model)
     module = _Full(Preprocess(mean, std), folded)  # type: ignore[arg-type]

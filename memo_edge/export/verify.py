@@ -24,6 +24,7 @@ from memo_edge.export.graphs import Preprocess
 from memo_edge.model import MemoNet
 from memo_edge.runtime.backends import OrtCpuBackend
 from memo_edge.runtime.package import INT8_ROLE, PackageVersion
+from memo_edge.utils.phases import phase, timed
 
 __all__ = ["REL_TOLERANCE", "MIN_INT8_AGREEMENT", "verify_package", "compare"]
 
@@ -48,6 +49,7 @@ def _agreement(reference: np.ndarray, candidate: np.ndarray) -> dict[str, float]
             "near_ties": near_ties}
 
 
+@timed("verify_package")
 @torch.inference_mode()
 def verify_package(version: PackageVersion, model: MemoNet, images: np.ndarray, *, batch_size: int = 128,
                    graphs: Collection[str] | None = None) -> dict[str, Any]:
@@ -75,9 +77,10 @@ def verify_package(version: PackageVersion, model: MemoNet, images: np.ndarray, 
 
     for start in range(0, len(images), batch_size):
         batch = np.ascontiguousarray(images[start : start + batch_size])
-        shared = model.trunk(preprocess(torch.from_numpy(batch)))  # PyTorch runs each part once
-        features = [branch(shared) for branch in model.branches]
-        logits = model.forward_head(torch.cat(features, dim=1)).logits
+        with phase("torch_reference"):  # PyTorch runs each part once
+            shared = model.trunk(preprocess(torch.from_numpy(batch)))
+            features = [branch(shared) for branch in model.branches]
+            logits = model.forward_head(torch.cat(features, dim=1)).logits
         if "trunk" in checked:
             add("trunk", shared, backend.trunk(batch))
         for t, feature in enumerate(features):

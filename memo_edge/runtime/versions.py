@@ -18,6 +18,7 @@ from memo_edge.runtime.lock import writer_lock
 from memo_edge.runtime.catalog import catalog, current_version, transaction
 from memo_edge.runtime.manifest import Manifest, PackageError
 from memo_edge.runtime.package import open_package
+from memo_edge.utils.phases import timed
 
 __all__ = ["VersionInfo", "list_versions", "rollback", "collect_garbage", "remove_orphans", "KEEP_VERSIONS"]
 
@@ -63,6 +64,7 @@ def rollback(root: Path) -> int:
     return current.parent
 
 
+@timed("collect_garbage")
 def collect_garbage(root: Path, *, keep: int = KEEP_VERSIONS, manifests: Sequence[Manifest] | None = None) -> list[str]:
     """Drop versions beyond the newest ``keep`` (never the current one or its parent) and unused files.
 

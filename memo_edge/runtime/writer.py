@@ -35,6 +35,7 @@ from memo_edge.runtime.manifest import FORMAT_VERSION, FileEntry, Manifest, Role
 from memo_edge.runtime.package import PackageVersion, exemplar_digest, verify_file
 from memo_edge.runtime.versions import collect_garbage, remove_orphans
 from memo_edge.utils.io import atomic_directory, atomic_write_bytes, sha256_file
+from memo_edge.utils.phases import timed
 
 __all__ = ["Blob", "Verify", "PackageWriter"]
 
@@ -111,6 +112,7 @@ class PackageWriter:
             raise RuntimeError("PackageWriter.written: nothing was committed")
         return PackageVersion(self.root, self.committed)
 
+    @timed("commit")
     def commit(self, manifest: Manifest, exemplars: ExemplarSet, tasks: np.ndarray, *,
                blobs: Sequence[Blob] = (), keep: Sequence[FileEntry] = (), verify: Verify | None = None) -> Manifest:
         """Store ``blobs``, verify the version they make with ``keep`` (files of the current version),

@@ -17,6 +17,7 @@ from memo_edge.errors import InputError, MemoEdgeError
 from memo_edge.runtime.engine_cache import graph_name
 from memo_edge.runtime.head import Head
 from memo_edge.runtime.package import FileEntry, PackageError, PackageVersion
+from memo_edge.utils.phases import timed
 
 __all__ = ["Backend", "GraphFn"]
 
@@ -97,10 +98,12 @@ class Backend(ABC):
     def branch(self, task: int, trunk_features: np.ndarray) -> np.ndarray:
         return self._graph(f"branch-{task}")(np.ascontiguousarray(trunk_features, dtype=np.float32))
 
+    @timed("split_path")
     def features(self, images: np.ndarray) -> np.ndarray:
         shared = self.trunk(images)
         return np.concatenate([self.branch(t, shared) for t in range(self.tasks)], axis=1)
 
+    @timed("full_graph_run")
     def full_logits(self, images: np.ndarray) -> np.ndarray | None:
         return self._graph(self.full_role)(self._check_images(images)) if self.has_full else None
 

@@ -14,6 +14,7 @@ from memo_edge.options import GRAPH_PRECISIONS as PRECISIONS  # of ort-cpu
 from memo_edge.runtime.backends.base import Backend, GraphFn
 from memo_edge.runtime.engine_cache import ENGINES_DIR, TRT_MISSING
 from memo_edge.runtime.package import INT8_ROLE, FileEntry, PackageVersion
+from memo_edge.utils.phases import timed
 
 __all__ = ["OrtBackend", "OrtCpuBackend", "OrtCudaBackend", "OrtTrtBackend", "load_onnxruntime", "PRECISIONS", "GPU_HINT"]
 
@@ -81,6 +82,7 @@ class OrtBackend(Backend):
             options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         return options
 
+    @timed("ort_session")
     def _load(self, graph: str, entry: FileEntry) -> GraphFn:
         session = self._ort.InferenceSession(str(self.version.path(entry)), sess_options=self.session_options(graph),
                                              providers=self.providers())
